@@ -1,0 +1,1 @@
+"""Agents run the tests of their batches through a runner and report results."""

@@ -1,0 +1,376 @@
+"""JetStream persistence: stream setup, appends with optimistic concurrency,
+atomic multi-event appends, history reads and subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+
+from eventstore.errors import (
+    AppendRejected,
+    ConcurrencyConflict,
+    EventStoreUnavailable,
+    StreamConfigConflict,
+)
+from eventstore.events import Event, decode_event, encode_event
+from eventstore.ids import new_id
+from eventstore.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+BATCH_LIMIT = 1000
+
+
+class _PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    batch: str | None = None
+    count: int | None = None
+    error: dict[str, Any] | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_PubAck)
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One event to append; ``expected`` is the subject's last sequence (0: none yet)."""
+
+    subject: str
+    event: Event
+    expected: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An event as stored: its stream sequence, subject and time."""
+
+    seq: int
+    subject: str
+    event: Event
+    time: datetime | None = None
+    pending: int = 0  # events after this one the consumer had not delivered yet
+
+
+def _raise_for(error: dict[str, Any], subject: str | None) -> None:
+    code = error.get("err_code")
+    text = error.get("description", "append rejected")
+    if code == WRONG_LAST_SEQUENCE:
+        raise ConcurrencyConflict(f"{text} (subject {subject})", subject=subject)
+    raise AppendRejected(f"JetStream rejected the append: {text}", code=code)
+
+
+class EventStore:
+    """The event store over one JetStream stream."""
+
+    def __init__(self, nc: NATS, *, stream: str = "QGJOB", prefix: str = "qgjob") -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.stream = stream
+        self.subjects = Subjects(prefix)
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        stream: str = "QGJOB",
+        prefix: str = "qgjob",
+        name: str = "qgjob",
+        connect_timeout: float = 5.0,
+        **options: Any,
+    ) -> EventStore:
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                **options,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise EventStoreUnavailable(f"cannot reach NATS at {url}: {exc}") from exc
+        return cls(nc, stream=stream, prefix=prefix)
+
+    async def close(self) -> None:
+        """Close the connection; every append was already acknowledged."""
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    # --- setup ------------------------------------------------------------
+
+    def stream_config(self, *, replicas: int = 1, max_age: float | None = None) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream,
+            subjects=[self.subjects.all],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+            max_age=max_age or 0,
+            duplicate_window=120.0,
+            allow_direct=True,
+            allow_atomic=True,
+            allow_msg_schedules=True,
+        )
+
+    async def ensure_stream(self, *, replicas: int = 1, max_age: float | None = None) -> StreamInfo:
+        """Create the stream, or bring an existing one to this configuration.
+
+        Idempotent. Settings JetStream cannot change in place (storage,
+        retention) are refused with :class:`StreamConfigConflict`.
+        """
+        wanted = self.stream_config(replicas=replicas, max_age=max_age)
+        try:
+            info = await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            info = await self.js.add_stream(wanted)
+            log.info("created stream %s", self.stream)
+            return info
+        have = info.config
+        for field in ("storage", "retention"):
+            if getattr(have, field) != getattr(wanted, field):
+                raise StreamConfigConflict(
+                    f"stream {self.stream} has {field}={getattr(have, field)}, "
+                    f"wanted {getattr(wanted, field)}; JetStream cannot change it in place"
+                )
+        changed = {
+            f: (getattr(have, f), getattr(wanted, f))
+            for f in (
+                "subjects",
+                "num_replicas",
+                "max_age",
+                "duplicate_window",
+                "allow_direct",
+                "allow_atomic",
+                "allow_msg_schedules",
+                "discard",
+            )
+            if getattr(have, f) != getattr(wanted, f)
+        }
+        if not changed:
+            return info
+        log.info("updating stream %s: %s", self.stream, changed)
+        try:
+            return await self.js.update_stream(wanted)
+        except nats.js.errors.APIError as exc:
+            raise StreamConfigConflict(
+                f"stream {self.stream} cannot be updated ({', '.join(changed)}): {exc.description}"
+            ) from exc
+
+    # --- appends ------------------------------------------------------------
+
+    @staticmethod
+    def _headers(event: Event, expected: int | None) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": event.event_id}
+        if expected is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+        return headers
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> _PubAck:
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError as exc:
+            raise EventStoreUnavailable(f"no stream answers on {subject}") from exc
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+            raise EventStoreUnavailable(f"append to {subject} timed out or the connection closed") from exc
+        ack = _ack_decoder.decode(msg.data)
+        if ack.error:
+            _raise_for(ack.error, subject)
+        return ack
+
+    async def append(self, subject: str, event: Event, *, expected: int | None = None, timeout: float = 5.0) -> int:
+        """Append one event; returns its stream sequence.
+
+        With ``expected``, the append succeeds only if ``subject``'s last
+        sequence is ``expected`` (0: the subject is empty), else
+        :class:`ConcurrencyConflict`.
+        """
+        try:
+            ack = await self._request(subject, encode_event(event), self._headers(event, expected), timeout)
+        except ConcurrencyConflict:
+            already = await self._already_appended(subject, event)
+            if already is None:
+                raise
+            return already
+        return ack.seq
+
+    async def _already_appended(self, subject: str, event: Event) -> int | None:
+        """The sequence of ``event`` if it is already ``subject``'s last event.
+
+        JetStream checks the expected sequence before the duplicate window, so a
+        client retry of an append that did land comes back as a conflict.
+        """
+        last = await self.last(subject)
+        if last is not None and last.event.event_id == event.event_id:
+            return last.seq
+        return None
+
+    async def append_many(self, appends: Sequence[Append], *, timeout: float = 10.0) -> int:
+        """Append events atomically: all of them land, or none does.
+
+        Uses JetStream atomic batch publish; returns the last event's sequence.
+        A single conflict rejects the whole batch with :class:`ConcurrencyConflict`.
+        """
+        if not appends:
+            raise ValueError("append_many needs at least one event")
+        if len(appends) == 1:
+            a = appends[0]
+            return await self.append(a.subject, a.event, expected=a.expected, timeout=timeout)
+        batch_id = new_id("b")
+        last = len(appends)
+        try:
+            for n, a in enumerate(appends[:-1], start=1):
+                headers = self._headers(a.event, a.expected)
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(n)
+                await self.nc.publish(a.subject, encode_event(a.event), headers=headers)
+        except nats.errors.Error as exc:
+            raise EventStoreUnavailable(f"atomic append interrupted: {exc}") from exc
+        a = appends[-1]
+        headers = self._headers(a.event, a.expected)
+        headers["Nats-Batch-Id"] = batch_id
+        headers["Nats-Batch-Sequence"] = str(last)
+        headers["Nats-Batch-Commit"] = "1"
+        try:
+            ack = await self._request(a.subject, encode_event(a.event), headers, timeout)
+        except ConcurrencyConflict:
+            already = await self._already_appended(a.subject, a.event)
+            if already is None:
+                raise
+            return already
+        return ack.seq
+
+    # --- reads --------------------------------------------------------------
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence (0 when empty)."""
+        info = await self.js.stream_info(self.stream)
+        return int(info.state.last_seq)
+
+    async def last(self, subject: str) -> Recorded | None:
+        """The last event on ``subject``, or ``None``."""
+        try:
+            raw = await self.js.get_last_msg(self.stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return Recorded(seq=int(raw.seq or 0), subject=raw.subject or subject, event=decode_event(raw.data or b""))
+
+    async def history(self, subject: str, *, timeout: float = 5.0) -> list[Recorded]:
+        """Every event on ``subject`` (a subject or a filter), oldest first."""
+        out: list[Recorded] = []
+        async for rec in self.read(subject, timeout=timeout):
+            out.append(rec)
+        return out
+
+    async def read(
+        self, filter_subject: str | None = None, *, from_seq: int = 1, until_seq: int | None = None, timeout: float = 5.0
+    ) -> AsyncIterator[Recorded]:
+        """Events matching ``filter_subject`` from ``from_seq`` up to what is
+        stored now (or ``until_seq``), then stop."""
+        filter_subject = filter_subject or self.subjects.all
+        info = await self.js.stream_info(self.stream)
+        end = int(info.state.last_seq) if until_seq is None else min(until_seq, int(info.state.last_seq))
+        if end < from_seq:
+            return
+        sub = await self.js.subscribe(
+            filter_subject,
+            ordered_consumer=True,
+            stream=self.stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=max(from_seq, 1),
+                headers_only=False,
+            ),
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except nats.errors.TimeoutError:
+                    return
+                rec = self.recorded(msg)
+                if rec is None:
+                    continue
+                if rec.seq > end:
+                    return
+                yield rec
+                if rec.seq >= end or msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def subscribe(self, filter_subject: str | None = None, *, from_seq: int = 1) -> AsyncIterator[Recorded]:
+        """Events matching ``filter_subject`` from ``from_seq`` on, then live, forever."""
+        async for batch in self.subscribe_batches(filter_subject, from_seq=from_seq):
+            for rec in batch:
+                yield rec
+
+    async def subscribe_batches(
+        self, filter_subject: str | None = None, *, from_seq: int = 1, max_batch: int = 1000
+    ) -> AsyncIterator[list[Recorded]]:
+        """Like :meth:`subscribe`, but yields every event already delivered
+        together, so a consumer can act once per burst instead of per event."""
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await self.js.subscribe(
+            filter_subject or self.subjects.all,
+            ordered_consumer=True,
+            stream=self.stream,
+            cb=on_msg,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(from_seq, 1)),
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        try:
+            while True:
+                msgs = [await queue.get()]
+                while not queue.empty() and len(msgs) < max_batch:
+                    msgs.append(queue.get_nowait())
+                batch = [r for r in (self.recorded(m) for m in msgs) if r is not None]
+                if batch:
+                    yield batch
+        finally:
+            await sub.unsubscribe()
+
+    @staticmethod
+    def recorded(msg: Msg) -> Recorded | None:
+        meta = msg.metadata
+        try:
+            event = decode_event(msg.data)
+        except msgspec.DecodeError:
+            log.warning("skipping an event this version cannot read at seq %s", meta.sequence.stream)
+            return None
+        return Recorded(
+            seq=meta.sequence.stream, subject=msg.subject, event=event, time=meta.timestamp, pending=meta.num_pending
+        )

@@ -1,0 +1,1 @@
+"""Read models in PostgreSQL, folded from the event stream."""

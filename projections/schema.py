@@ -1,0 +1,85 @@
+"""Ordered SQL migrations and the named queries, loaded from ``sql/``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import cache
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).parent / "sql"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATION_LOCK = 7_201_135  # advisory lock id for migrations
+
+
+def check_schema_name(schema: str) -> str:
+    """``schema`` if it is a plain lower-case identifier, else ``ValueError``."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(
+            f"schema name {schema!r} is not allowed: use lower-case letters, digits and _ (at most 63)"
+        )
+    return schema
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of every migration file, in order."""
+    out = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        version = int(path.name.split("_", 1)[0])
+        out.append((version, path.stem, path.read_text()))
+    return out
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named queries of ``sql/queries.sql``."""
+    text = (SQL_DIR / "queries.sql").read_text()
+    out: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        out[name.strip()] = body.strip().rstrip(";")
+    return out
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> list[int]:
+    """Bring ``schema`` up to the newest migration; returns versions applied."""
+    check_schema_name(schema)
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+            "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+            applied.append(version)
+            log.info("applied migration %s to schema %s", name, schema)
+    return applied
+
+
+async def connect_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` as their search path."""
+    check_schema_name(schema)
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"search_path": schema, "application_name": "qgjob"},
+    )
+    if pool is None:  # pragma: no cover - asyncpg returns a pool or raises
+        raise RuntimeError("no pool")
+    return pool

@@ -1,0 +1,129 @@
+-- Named queries. Each starts with a "-- name: <name>" line.
+
+-- name: checkpoint_get
+SELECT seq FROM checkpoints WHERE projection = $1;
+
+-- name: checkpoint_set
+INSERT INTO checkpoints (projection, seq) VALUES ($1, $2)
+ON CONFLICT (projection) DO UPDATE SET seq = EXCLUDED.seq;
+
+-- name: job_submitted
+INSERT INTO jobs (job_id, org_id, app_version_id, test, target, priority, max_retries, run_id,
+                  labels, timeout_s, dedup_key, status, submitted_at, subject_seq, last_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, 'queued', $12, $13, $13)
+ON CONFLICT (job_id) DO NOTHING;
+
+-- name: job_assigned
+UPDATE jobs SET status = 'assigned', agent_id = $2, batch_id = $3, subject_seq = $4, last_seq = $4
+WHERE job_id = $1;
+
+-- name: job_started
+UPDATE jobs SET status = 'running', attempts = $2, agent_id = $3, batch_id = $4,
+                started_at = coalesce(started_at, $5), subject_seq = $6, last_seq = $6
+WHERE job_id = $1;
+
+-- name: job_passed
+UPDATE jobs SET status = 'passed', flaky = $2::integer > 1, duration_ms = $3, finished_at = $4,
+                subject_seq = $5, last_seq = $5
+WHERE job_id = $1;
+
+-- name: job_failed
+UPDATE jobs SET status = CASE WHEN $2::boolean THEN 'failed' ELSE 'retrying' END,
+                duration_ms = $3, error = $4,
+                finished_at = CASE WHEN $2::boolean THEN $5::timestamptz ELSE NULL END,
+                subject_seq = $6, last_seq = $6
+WHERE job_id = $1;
+
+-- name: job_retry_scheduled
+UPDATE jobs SET status = 'retrying', agent_id = NULL, batch_id = NULL, subject_seq = $2, last_seq = $2
+WHERE job_id = $1;
+
+-- name: job_requeued
+UPDATE jobs SET status = 'queued', agent_id = NULL, batch_id = NULL, subject_seq = $2, last_seq = $2
+WHERE job_id = $1;
+
+-- name: job_cancelled
+UPDATE jobs SET status = 'cancelled', finished_at = $2, error = coalesce(error, $3),
+                subject_seq = $4, last_seq = $4
+WHERE job_id = $1;
+
+-- name: job_errored
+UPDATE jobs SET status = 'error', finished_at = $2, error = $3, subject_seq = $4, last_seq = $4
+WHERE job_id = $1;
+
+-- name: batch_assigned
+INSERT INTO batches (batch_id, agent_id, app_version_id, target, job_count, install, assigned_at, last_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (batch_id) DO NOTHING;
+
+-- name: agent_batch_assigned
+UPDATE agents SET state = 'busy', current_batch = $2, updated_at = $3, last_seq = $4 WHERE agent_id = $1;
+
+-- name: app_installed
+UPDATE batches SET installed = true, last_seq = $2 WHERE batch_id = $1;
+
+-- name: agent_app_installed
+UPDATE agents SET installed_app = $2, updated_at = $3, last_seq = $4 WHERE agent_id = $1;
+
+-- name: batch_finished
+UPDATE batches SET finished_at = $2, last_seq = $3 WHERE batch_id = $1;
+
+-- name: agent_batch_finished
+UPDATE agents SET state = CASE WHEN state = 'busy' THEN 'idle' ELSE state END,
+                  current_batch = NULL, updated_at = $2, last_seq = $3
+WHERE agent_id = $1 AND current_batch = $4;
+
+-- name: agent_registered
+INSERT INTO agents (agent_id, target, slots, name, runner, state, registered_at, updated_at, last_seq)
+VALUES ($1, $2, $3, $4, $5, 'idle', $6, $6, $7)
+ON CONFLICT (agent_id) DO UPDATE SET target = EXCLUDED.target, slots = EXCLUDED.slots,
+    name = EXCLUDED.name, runner = EXCLUDED.runner, state = 'idle', current_batch = NULL,
+    updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq;
+
+-- name: agent_state
+UPDATE agents SET state = $2, current_batch = NULL, updated_at = $3, last_seq = $4 WHERE agent_id = $1;
+
+-- name: dedup_claimed
+INSERT INTO dedup_keys (key, org_id, job_id, active, seq, last_seq) VALUES ($1, $2, $3, true, $4, $4)
+ON CONFLICT (key) DO UPDATE SET job_id = EXCLUDED.job_id, active = true, seq = EXCLUDED.seq,
+    last_seq = EXCLUDED.last_seq;
+
+-- name: dedup_released
+UPDATE dedup_keys SET active = false, seq = $2, last_seq = $2 WHERE key = $1;
+
+-- name: token_created
+INSERT INTO tokens (token_id, org_id, admin, sha256, created_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (token_id) DO NOTHING;
+
+-- name: token_by_hash
+SELECT token_id, org_id, admin FROM tokens WHERE sha256 = $1;
+
+-- name: job_get
+SELECT * FROM jobs WHERE job_id = $1 AND ($2::text IS NULL OR org_id = $2);
+
+-- name: dedup_lookup
+SELECT d.key, d.job_id, d.active, d.seq, j.status
+FROM dedup_keys d LEFT JOIN jobs j ON j.job_id = d.job_id
+WHERE d.key = ANY($1::text[]);
+
+-- name: run_counts
+SELECT status, count(*) AS n, bool_or(flaky) AS any_flaky, sum(CASE WHEN flaky THEN 1 ELSE 0 END) AS flaky
+FROM jobs WHERE run_id = $1 AND ($2::text IS NULL OR org_id = $2)
+GROUP BY status;
+
+-- name: agents_list
+SELECT * FROM agents ORDER BY target, agent_id;
+
+-- name: counts_by_status
+SELECT status, target, count(*) AS n FROM jobs WHERE ($1::text IS NULL OR org_id = $1) GROUP BY status, target;
+
+-- name: queue_depth
+SELECT app_version_id, target, count(*) AS depth, min(priority) AS best_priority, min(submitted_at) AS oldest
+FROM jobs WHERE status IN ('queued', 'retrying') AND ($1::text IS NULL OR org_id = $1)
+GROUP BY app_version_id, target ORDER BY best_priority, oldest;
+
+-- name: installs_done
+SELECT count(*) FILTER (WHERE installed) AS installs, count(*) AS batches FROM batches;
+
+-- name: checkpoint_lock
+SELECT seq FROM checkpoints WHERE projection = $1 FOR UPDATE;

@@ -1,0 +1,1 @@
+"""qgjob: job queue built on NATS JetStream and PostgreSQL."""

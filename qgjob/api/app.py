@@ -1,0 +1,452 @@
+"""The HTTP API: routes, auth and the lifespan that opens NATS and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import msgspec
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from eventstore import Append, ConcurrencyConflict, EventStore, QgjobError
+from eventstore.events import DedupReleased, JobCancelled, is_terminal
+from projections import queries as read
+from projections.projector import checkpoint
+from projections.schema import connect_pool, migrate
+from qgjob.api import auth
+from qgjob.api.errors import (
+    ApiError,
+    BodyTooLarge,
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+)
+from qgjob.api.openapi import document
+from qgjob.api.submit import Item, Submitter
+from qgjob.api.validation import parse_jobs
+from qgjob.settings import Settings
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Json(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(content)
+
+
+class Api:
+    """The API's state: its connections and the handlers that use them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: EventStore | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.submitter: Submitter | None = None
+        self._principals: dict[str, auth.Principal] = {}
+        self._queued: dict[str, tuple[float, int]] = {}
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        s = self.settings
+        self.store = await EventStore.connect(s.nats_url, stream=s.stream, prefix=s.prefix, name="qgjob-api")
+        await self.store.ensure_stream()
+        self.pool = await connect_pool(s.database_url, s.schema, max_size=20)
+        async with self.pool.acquire() as conn:
+            await migrate(conn, s.schema)
+        self.submitter = Submitter(self.store, self.pool, atomic_batch_max=s.atomic_batch_max)
+        try:
+            yield
+        finally:
+            await self.pool.close()
+            await self.store.close()
+
+    @property
+    def db(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise Unavailable("the API is not connected to Postgres yet")
+        return self.pool
+
+    @property
+    def es(self) -> EventStore:
+        if self.store is None:
+            raise Unavailable("the API is not connected to NATS yet")
+        return self.store
+
+    async def caught_up(self, timeout: float = 3.0) -> bool:
+        """Wait until the projections hold every event appended before now."""
+        target = await self.es.last_seq()
+        deadline = time.monotonic() + timeout
+        while await checkpoint(self.db) < target:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    # --- auth -----------------------------------------------------------------
+
+    async def principal(self, request: Request) -> auth.Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized()
+        token = token.strip()
+        found = self._principals.get(token)
+        if found is None:
+            found = await auth.lookup(self.db, token)
+            if found is None and await self.caught_up(timeout=1.0):
+                found = await auth.lookup(self.db, token)
+            if found is None:
+                raise Unauthorized("the bearer token is not valid")
+            self._principals[token] = found
+        return found
+
+    @staticmethod
+    def admin_only(who: auth.Principal) -> None:
+        if not who.admin:
+            raise Forbidden("this needs an admin token")
+
+    # --- jobs -----------------------------------------------------------------
+
+    async def _job_row(self, job_id: str, who: auth.Principal) -> asyncpg.Record:
+        row = await read.get_job(self.db, job_id, who.scope())
+        if row is None and await self.caught_up():
+            row = await read.get_job(self.db, job_id, who.scope())
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return row
+
+    async def submit(self, request: Request) -> Response:
+        who = await self.principal(request)
+        body = await self._body(request)
+        jobs, bulk = parse_jobs(body, max_jobs=self.settings.max_jobs_per_request)
+        if not who.admin:
+            for n, job in enumerate(jobs):
+                if job["org_id"] != who.org_id:
+                    where = f"jobs[{n}].org_id" if bulk else "org_id"
+                    raise Forbidden(
+                        f"{where}: this token belongs to org {who.org_id!r} and cannot submit for {job['org_id']!r}"
+                    )
+        orgs = {job["org_id"] for job in jobs}
+        if len(orgs) > 1:
+            raise ValidationFailed(
+                "org_id: all jobs of one request must belong to one org",
+                detail=[{"field": "org_id", "message": "all jobs of one request must belong to one org"}],
+            )
+        await self._check_quota(next(iter(orgs)), len(jobs))
+        if self.submitter is None:
+            raise Unavailable()
+        run_id, items = await self.submitter.submit(jobs, idempotency=request.headers.get("idempotency-key"))
+        self._count_queued(next(iter(orgs)), sum(1 for i in items if i.duplicate_of is None))
+        if not bulk:
+            item = items[0]
+            if item.duplicate_of is not None:
+                return _Json(
+                    {
+                        "error": "duplicate",
+                        "message": f"Duplicate of {item.duplicate_of} | Status: {item.status}",
+                        "detail": [],
+                        "job_id": item.duplicate_of,
+                        "duplicate_of": item.duplicate_of,
+                        "status": item.status,
+                    },
+                    status_code=409,
+                )
+            return _Json(_item_view(item), status_code=201)
+        views = [_item_view(i) for i in items]
+        created = sum(1 for i in items if i.duplicate_of is None)
+        return _Json(
+            {"run_id": run_id, "created": created, "duplicates": len(items) - created, "jobs": views},
+            status_code=201,
+        )
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise BodyTooLarge(f"the request body is {int(length)} bytes; allowed: at most {limit} bytes")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the request body is over {limit} bytes; allowed: at most {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _check_quota(self, org_id: str, adding: int) -> None:
+        quota = self.settings.org_queue_quota
+        now = time.monotonic()
+        cached = self._queued.get(org_id)
+        if cached is None or now - cached[0] > 1.0:
+            n = await self.db.fetchval(
+                "SELECT count(*) FROM jobs WHERE org_id = $1 AND status IN ('queued', 'assigned', 'running', 'retrying')",
+                org_id,
+            )
+            cached = (now, int(n))
+            self._queued[org_id] = cached
+        if cached[1] + adding > quota:
+            raise QuotaExceeded(
+                f"org {org_id!r} has {cached[1]} unfinished jobs; adding {adding} would pass its quota of {quota}"
+            )
+
+    def _count_queued(self, org_id: str, added: int) -> None:
+        cached = self._queued.get(org_id)
+        if cached is not None:
+            self._queued[org_id] = (cached[0], cached[1] + added)
+
+    async def get_job(self, request: Request) -> Response:
+        who = await self.principal(request)
+        row = await self._job_row(request.path_params["job_id"], who)
+        return _Json(read.job_view(row))
+
+    async def list_jobs(self, request: Request) -> Response:
+        who = await self.principal(request)
+        q = request.query_params
+        status = q.get("status")
+        if status is not None and status not in read.STATUSES:
+            raise ValidationFailed(
+                f"status: {status!r} is not a status; allowed: one of {', '.join(read.STATUSES)}",
+                detail=[{"field": "status", "message": f"allowed: {', '.join(read.STATUSES)}"}],
+            )
+        limit_text = q.get("limit", "100")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+            raise ValidationFailed(
+                "limit: allowed: an integer from 1 to 1000",
+                detail=[{"field": "limit", "message": "allowed: an integer from 1 to 1000"}],
+            )
+        limit = int(limit_text)
+        rows = await read.list_jobs(
+            self.db,
+            org_id=who.scope(),
+            status=status,
+            run_id=q.get("run_id"),
+            app_version_id=q.get("app_version_id"),
+            target=q.get("target"),
+            after=q.get("cursor"),
+            limit=limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return _Json(
+            {"jobs": [read.job_view(r) for r in rows], "next_cursor": rows[-1]["job_id"] if more and rows else None}
+        )
+
+    async def cancel_job(self, request: Request) -> Response:
+        who = await self.principal(request)
+        row = await self._job_row(request.path_params["job_id"], who)
+        status = await self._cancel(row, reason=f"cancelled by token {who.token_id}")
+        if status != "cancelled":
+            raise Conflict(f"job {row['job_id']} already ended: {status}", status=status, job_id=row["job_id"])
+        return _Json({"job_id": row["job_id"], "status": "cancelled"})
+
+    async def _cancel(self, row: asyncpg.Record, *, reason: str) -> str:
+        """Cancel one job; returns ``cancelled`` or the terminal status it already had."""
+        subject = self.es.subjects.job(row["app_version_id"], row["target"], row["org_id"], row["job_id"])
+        for _ in range(10):
+            last = await self.es.last(subject)
+            if last is None:
+                raise NotFound(f"no job {row['job_id']}")
+            if is_terminal(last.event):
+                name = type(last.event).__name__
+                return {"JobPassed": "passed", "JobFailed": "failed", "JobCancelled": "cancelled", "JobErrored": "error"}[name]
+            appends = [Append(subject, JobCancelled(job_id=row["job_id"], reason=reason, dedup_key=row["dedup_key"]), last.seq)]
+            appends.append(
+                Append(
+                    self.es.subjects.dedup(row["org_id"], row["dedup_key"]),
+                    DedupReleased(key=row["dedup_key"], job_id=row["job_id"]),
+                )
+            )
+            try:
+                await self.es.append_many(appends)
+                return "cancelled"
+            except ConcurrencyConflict:
+                continue
+        raise Unavailable(f"job {row['job_id']} keeps changing; try cancelling again")
+
+    async def job_events(self, request: Request) -> Response:
+        who = await self.principal(request)
+        row = await self._job_row(request.path_params["job_id"], who)
+        subject = self.es.subjects.job(row["app_version_id"], row["target"], row["org_id"], row["job_id"])
+        history = await self.es.history(subject)
+        return _Json({"job_id": row["job_id"], "events": [_event_view(r.seq, r.subject, r.event) for r in history]})
+
+    # --- runs -----------------------------------------------------------------
+
+    async def get_run(self, request: Request) -> Response:
+        who = await self.principal(request)
+        run_id = request.path_params["run_id"]
+        summary = await read.run_summary(self.db, run_id, who.scope())
+        if summary is None and await self.caught_up():
+            summary = await read.run_summary(self.db, run_id, who.scope())
+        if summary is None:
+            raise NotFound(f"no run {run_id}")
+        rows = await read.list_jobs(self.db, org_id=who.scope(), run_id=run_id, limit=10_000)
+        summary["jobs"] = [read.job_view(r) for r in rows]
+        return _Json(summary)
+
+    async def cancel_run(self, request: Request) -> Response:
+        who = await self.principal(request)
+        run_id = request.path_params["run_id"]
+        rows = await read.list_jobs(self.db, org_id=who.scope(), run_id=run_id, limit=10_000)
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        open_rows = [r for r in rows if r["status"] not in read.TERMINAL]
+        sem = asyncio.Semaphore(64)
+
+        async def one(row: asyncpg.Record) -> str:
+            async with sem:
+                return await self._cancel(row, reason=f"run cancelled by token {who.token_id}")
+
+        results = await asyncio.gather(*(one(r) for r in open_rows))
+        return _Json({"run_id": run_id, "cancelled": sum(1 for s in results if s == "cancelled")})
+
+    # --- the rest -------------------------------------------------------------
+
+    async def agents(self, request: Request) -> Response:
+        await self.principal(request)
+        return _Json({"agents": await read.agents(self.db)})
+
+    async def metrics_json(self, request: Request) -> Response:
+        who = await self.principal(request)
+        body = await read.metrics(self.db, who.scope())
+        body["projection_lag"] = max(0, await self.es.last_seq() - await checkpoint(self.db))
+        return _Json(body)
+
+    async def create_token(self, request: Request) -> Response:
+        who = await self.principal(request)
+        self.admin_only(who)
+        try:
+            raw = msgspec.json.decode(await self._body(request))
+        except msgspec.DecodeError as exc:
+            raise ValidationFailed(f"body: not valid JSON: {exc}") from exc
+        org_id = raw.get("org_id") if isinstance(raw, dict) else None
+        admin = bool(raw.get("admin")) if isinstance(raw, dict) else False
+        if not admin and (not isinstance(org_id, str) or not org_id.strip() or len(org_id) > 128):
+            raise ValidationFailed(
+                "org_id: is required; allowed: a non-empty string of at most 128 characters",
+                detail=[{"field": "org_id", "message": "is required"}],
+            )
+        token, _ = await auth.create_token(self.es, org_id=None if admin else org_id, admin=admin)
+        await self.caught_up()
+        return _Json({"token": token, "org_id": None if admin else org_id, "admin": admin}, status_code=201)
+
+    async def healthz(self, request: Request) -> Response:
+        return _Json({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            last = await asyncio.wait_for(self.es.last_seq(), 2)
+            checks["nats"] = "ok"
+        except (QgjobError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - readiness reports any failure
+            checks["nats"] = f"unavailable: {exc}"
+            ok = False
+            last = None
+        try:
+            done = await asyncio.wait_for(checkpoint(self.db), 2)
+            checks["postgres"] = "ok"
+        except (QgjobError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
+            checks["postgres"] = f"unavailable: {exc}"
+            ok = False
+            done = None
+        if last is not None and done is not None:
+            lag = max(0, last - done)
+            checks["projection_lag"] = lag
+            if lag > 10_000:
+                ok = False
+        return _Json({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    async def prometheus(self, request: Request) -> Response:
+        registry = CollectorRegistry()
+        jobs = Gauge("qgjob_jobs", "Jobs by status and target", ["status", "target"], registry=registry)
+        depth = Gauge("qgjob_queue_depth", "Waiting jobs per group", ["app_version_id", "target"], registry=registry)
+        lag = Gauge("qgjob_projection_lag_events", "Events appended but not yet projected", registry=registry)
+        data = await read.metrics(self.db, None)
+        for target, counts in data["jobs_by_target"].items():
+            for status in read.STATUSES:
+                jobs.labels(status=status, target=target).set(counts.get(status, 0))
+        for q in data["queues"]:
+            depth.labels(app_version_id=q["app_version_id"], target=q["target"]).set(q["depth"])
+        lag.set(max(0, await self.es.last_seq() - await checkpoint(self.db)))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return _Json(document())
+
+
+def _item_view(item: Item) -> dict[str, Any]:
+    job = item.job
+    view = {
+        "job_id": item.job_id,
+        "org_id": job["org_id"],
+        "app_version_id": job["app_version_id"],
+        "test": job["test"],
+        "target": job["target"],
+        "priority": job["priority"],
+        "max_retries": job["max_retries"],
+        "run_id": job["run_id"],
+        "labels": job["labels"] or {},
+        "status": item.status,
+    }
+    if item.duplicate_of is not None:
+        view["duplicate_of"] = item.duplicate_of
+    return view
+
+
+def _event_view(seq: int, subject: str, event: Any) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.to_builtins(event)
+    return {"seq": seq, "subject": subject, **body}
+
+
+def _guard(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except QgjobError as exc:
+            log.warning("request failed: %s", exc)
+            return Unavailable(str(exc)).response()
+
+    return wrapped
+
+
+def create_app(settings: Settings) -> Starlette:
+    api = Api(settings)
+    routes = [
+        Route("/v1/jobs", _guard(api.submit), methods=["POST"]),
+        Route("/v1/jobs", _guard(api.list_jobs), methods=["GET"]),
+        Route("/v1/jobs/{job_id}", _guard(api.get_job), methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", _guard(api.cancel_job), methods=["POST"]),
+        Route("/v1/jobs/{job_id}/events", _guard(api.job_events), methods=["GET"]),
+        Route("/v1/runs/{run_id}", _guard(api.get_run), methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", _guard(api.cancel_run), methods=["POST"]),
+        Route("/v1/agents", _guard(api.agents), methods=["GET"]),
+        Route("/v1/metrics", _guard(api.metrics_json), methods=["GET"]),
+        Route("/v1/tokens", _guard(api.create_token), methods=["POST"]),
+        Route("/healthz", _guard(api.healthz), methods=["GET"]),
+        Route("/readyz", _guard(api.readyz), methods=["GET"]),
+        Route("/metrics", _guard(api.prometheus), methods=["GET"]),
+        Route("/openapi.json", _guard(api.openapi), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=api.lifespan)
+    app.state.api = api
+    return app

@@ -1,0 +1,496 @@
+"""The ``qgjob`` command line. Each command parses, calls one function, prints.
+
+Exit codes: 0 all passed; 1 a job failed, errored or was cancelled; 2 bad usage
+or rejected input; 3 service unreachable or timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+import typer
+
+from eventstore.errors import QgjobError
+from qgjob import settings as settings_mod
+from qgjob.client import Client, ClientError, Unreachable
+from qgjob.watch import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, exit_code_for, wait
+
+app = typer.Typer(
+    help="qgjob: queue, batch and run AppWright test jobs on emulators, devices and BrowserStack.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+token_app = typer.Typer(help="Manage API tokens (admin).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="API URL (else $QGJOB_URL, else the credentials file).")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Bearer token (else $QGJOB_TOKEN, else the credentials file).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document and nothing else on stdout.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (else $QGJOB_DATA_DIR, else .qgjob).")]
+TARGET_HELP = "emulator, device or browserstack"
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _client(url: str | None, token: str | None, data_dir: Path | None = None) -> Client:
+    s = settings_mod.load(url=url, token=token, data_dir_=data_dir)
+    if not s.token:
+        _fail(
+            "no token: pass --token, set QGJOB_TOKEN, or run `qgjob up` in this folder to create one",
+            EXIT_USAGE,
+        )
+    return Client(s.url, s.token)
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a client call, mapping errors to exit codes."""
+    try:
+        return fn(*args, **kwargs)
+    except Unreachable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except ClientError as exc:
+        code = EXIT_UNAVAILABLE if exc.status >= 500 else EXIT_USAGE
+        if exc.status == 404:
+            code = EXIT_USAGE
+        _fail(f"{exc} (HTTP {exc.status})", code)
+
+
+def _transition(job: dict[str, Any], before: str | None) -> None:
+    if before is None:
+        return
+    extra = ""
+    if job["status"] in ("failed", "error") and job.get("error"):
+        extra = f" ({job['error']})"
+    elif job["status"] == "passed" and job.get("flaky"):
+        extra = f" (flaky: passed on attempt {job['attempts']})"
+    typer.echo(f"Job {job['job_id']} -> {job['status']}{extra}")
+
+
+# --- jobs ---------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    org_id: Annotated[str, typer.Option("--org-id", help="Your organisation.")],
+    app_version_id: Annotated[str, typer.Option("--app-version-id", help="The build under test.")],
+    test: Annotated[list[str], typer.Option("--test", help="Spec path; repeat for several.")],
+    target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "emulator",
+    priority: Annotated[int, typer.Option("--priority", help="Lower runs first.")] = 5,
+    retries: Annotated[int, typer.Option("--retries", help="Retries of a failed test.")] = 3,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Group these jobs under a run id.")] = None,
+    wait_: Annotated[bool, typer.Option("--wait", help="Wait until the jobs finish.")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after S seconds (exit 3).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Retried requests with this key get the same answer.")] = None,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Submit test jobs for one build and target."""
+    client = _client(url, token)
+    common = {"org_id": org_id, "app_version_id": app_version_id, "target": target, "priority": priority, "max_retries": retries}
+    if run_id:
+        common["run_id"] = run_id
+    if len(test) == 1:
+        body: dict[str, Any] = {**common, "test": test[0]}
+    else:
+        body = {**common, "jobs": [{"test": t} for t in test]}
+    status, answer = _call(client.submit, body, idempotency_key=idempotency_key)
+    items = answer["jobs"] if "jobs" in answer else [answer]
+    ids: list[str] = []
+    for item in items:
+        if status == 409 or item.get("duplicate_of"):
+            ids.append(item.get("duplicate_of") or item["job_id"])
+            if not json_:
+                typer.echo(f"Duplicate of {item.get('duplicate_of') or item['job_id']} | Status: {item['status']}")
+        else:
+            ids.append(item["job_id"])
+            if not json_:
+                typer.echo(f"Job submitted! ID: {item['job_id']} | Status: {item['status']}")
+    if not wait_:
+        if json_:
+            _emit_json(answer)
+        raise typer.Exit(EXIT_OK)
+    result = _call(wait, client, job_ids=ids, timeout=timeout, on_change=None if json_ else _transition)
+    if json_:
+        _emit_json({"submitted": answer, "jobs": list(result.jobs.values()), "timed_out": result.timed_out})
+    elif result.timed_out:
+        typer.echo(f"Timed out after {timeout}s", err=True)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Option("--job-id", help="The job.")],
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show one job's status."""
+    job = _call(_client(url, token).job, job_id)
+    if json_:
+        _emit_json(job)
+    else:
+        line = f"Job {job['job_id']} | Status: {job['status']} | Attempts: {job['attempts']}"
+        if job.get("flaky"):
+            line += " | flaky"
+        line += f" | {job['test']} on {job['target']} ({job['app_version_id']})"
+        typer.echo(line)
+        if job.get("error") and job["status"] in ("failed", "error", "retrying"):
+            typer.echo(f"  error: {job['error']}")
+    raise typer.Exit(exit_code_for([job["status"]]))
+
+
+@app.command("wait")
+def wait_cmd(
+    job_id: Annotated[list[str] | None, typer.Option("--job-id", help="A job to wait on; repeat for several.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Wait on every job of a run.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Give up after S seconds (exit 3).")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (exit 1).")] = False,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Wait until jobs finish; exit 0 if all passed, 1 if any failed, 3 on timeout."""
+    if bool(job_id) == bool(run_id):
+        _fail("pass --job-id (one or more) or --run-id, not both", EXIT_USAGE)
+    client = _client(url, token)
+    result = _call(
+        wait,
+        client,
+        job_ids=job_id,
+        run_id=run_id,
+        timeout=timeout,
+        fail_fast=fail_fast,
+        on_change=None if json_ else _transition,
+    )
+    if json_:
+        _emit_json({"jobs": list(result.jobs.values()), "timed_out": result.timed_out})
+    else:
+        counts: dict[str, int] = {}
+        for job in result.jobs.values():
+            counts[job["status"]] = counts.get(job["status"], 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        typer.echo(f"{'Timed out' if result.timed_out else 'Done'}: {summary}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("list")
+def list_cmd(
+    status_: Annotated[str | None, typer.Option("--status", help="Only jobs with this status.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id")] = None,
+    app_version_id: Annotated[str | None, typer.Option("--app-version-id")] = None,
+    target: Annotated[str | None, typer.Option("--target", help=TARGET_HELP)] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many (1-1000).")] = 100,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="Continue after this job id.")] = None,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List jobs, oldest first."""
+    page = _call(
+        _client(url, token).jobs,
+        status=status_,
+        run_id=run_id,
+        app_version_id=app_version_id,
+        target=target,
+        limit=limit,
+        cursor=cursor,
+    )
+    if json_:
+        _emit_json(page)
+        return
+    rows = [
+        (j["job_id"], j["status"], str(j["attempts"]), j["target"], j["app_version_id"], str(j["priority"]), j["test"])
+        for j in page["jobs"]
+    ]
+    typer.echo(_table(("JOB", "STATUS", "ATTEMPTS", "TARGET", "APP VERSION", "PRIO", "TEST"), rows))
+    if page.get("next_cursor"):
+        typer.echo(f"more: --cursor {page['next_cursor']}")
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[list[str] | None, typer.Option("--job-id", help="A job to cancel; repeat for several.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Cancel every unfinished job of a run.")] = None,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel jobs: queued ones at once, running ones are stopped."""
+    if bool(job_id) == bool(run_id):
+        _fail("pass --job-id (one or more) or --run-id, not both", EXIT_USAGE)
+    client = _client(url, token)
+    if run_id:
+        answer = _call(client.cancel_run, run_id)
+        if json_:
+            _emit_json(answer)
+        else:
+            typer.echo(f"Run {run_id}: {answer['cancelled']} job(s) cancelled")
+        return
+    answers = []
+    for jid in job_id or []:
+        answer = _call(client.cancel, jid)
+        answers.append(answer)
+        if not json_:
+            typer.echo(f"Job {jid} -> cancelled")
+    if json_:
+        _emit_json(answers if len(answers) > 1 else answers[0])
+
+
+@app.command()
+def events(
+    job_id: Annotated[str, typer.Option("--job-id", help="The job whose history to show.")],
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """A job's history, read from the event stream: one line per event."""
+    answer = _call(_client(url, token).events, job_id)
+    if json_:
+        _emit_json(answer)
+        return
+    for e in answer["events"]:
+        bits = [e["at"], f"#{e['seq']}", e["type"]]
+        if "attempt" in e:
+            bits.append(f"attempt={e['attempt']}")
+        if e.get("agent_id"):
+            bits.append(f"agent={e['agent_id']}")
+        if e.get("batch_id"):
+            bits.append(f"batch={e['batch_id']}")
+        if e.get("error"):
+            bits.append(f"error={e['error']!r}")
+        if e.get("reason"):
+            bits.append(f"reason={e['reason']!r}")
+        typer.echo("  ".join(bits))
+
+
+@app.command()
+def agents(json_: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Agents and what they hold."""
+    answer = _call(_client(url, token).agents)
+    if json_:
+        _emit_json(answer)
+        return
+    rows = [
+        (a["agent_id"], a["target"], a["state"], a.get("installed_app") or "-", a.get("current_batch") or "-")
+        for a in answer["agents"]
+    ]
+    typer.echo(_table(("AGENT", "TARGET", "STATE", "INSTALLED", "BATCH"), rows))
+
+
+@app.command()
+def metrics(json_: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Counts by status, queue depth per group, installs."""
+    answer = _call(_client(url, token).metrics)
+    if json_:
+        _emit_json(answer)
+        return
+    typer.echo("jobs: " + ", ".join(f"{s}={n}" for s, n in answer["jobs_by_status"].items()))
+    typer.echo(f"installs: {answer['installs']} over {answer['batches']} batches; projection lag: {answer['projection_lag']}")
+    for q in answer["queues"]:
+        typer.echo(f"queue {q['app_version_id']}/{q['target']}: {q['depth']} waiting, best priority {q['best_priority']}")
+
+
+@token_app.command("create")
+def token_create(
+    org_id: Annotated[str, typer.Option("--org-id", help="The org the new token belongs to.")],
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create a token for one org (needs an admin token)."""
+    answer = _call(_client(url, token).create_token, org_id)
+    if json_:
+        _emit_json(answer)
+    else:
+        typer.echo(f"Token for org {org_id}: {answer['token']}")
+        typer.echo("It is shown once; store it as QGJOB_TOKEN in your CI secrets.")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+# --- servers ------------------------------------------------------------------
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    from qgjob.logs import configure
+
+    configure(level, fmt)
+
+
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json.")]
+
+
+@app.command()
+def up(
+    data_dir: DataDirOpt = None,
+    port: Annotated[int, typer.Option("--port", help="API port on 127.0.0.1 (0: any free port).")] = 8765,
+    agents_: Annotated[int, typer.Option("--agents", help="Simulated agents per target (0 for none).")] = 1,
+    test_seconds: Annotated[float, typer.Option("--test-seconds", help="How long a simulated test takes.")] = 0.5,
+    install_seconds: Annotated[float, typer.Option("--install-seconds", help="How long a simulated install takes.")] = 2.0,
+    simulate_file: Annotated[Path | None, typer.Option("--simulate-file", help="JSON durations and outcomes per test.")] = None,
+    log_level: LogLevelOpt = "warning",
+    log_format: LogFormatOpt = "text",
+) -> None:
+    """Start the whole stack on this machine (NATS, Postgres, API, scheduler, projector, agents)."""
+    from qgjob.stack.run import up as run_up
+
+    _configure_logging(log_level, log_format)
+    if agents_ < 0:
+        _fail("--agents: allowed: 0 or more", EXIT_USAGE)
+    try:
+        code = run_up(
+            settings_mod.data_dir(data_dir),
+            port=port,
+            agents=agents_,
+            test_seconds=test_seconds,
+            install_seconds=install_seconds,
+            simulate_file=simulate_file,
+        )
+    except QgjobError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    data_dir: DataDirOpt = None,
+    log_level: LogLevelOpt = "error",
+) -> None:
+    """Start a fresh stack, run a sample suite through it, print the report, stop."""
+    from qgjob.demo import run_demo
+
+    _configure_logging(log_level, "text")
+    raise typer.Exit(run_demo(data_dir))
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="api, scheduler or projector")],
+    host: Annotated[str, typer.Option("--host", help="api: address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="api: port.")] = 8765,
+    nats_url: Annotated[str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Else $QGJOB_DATABASE_URL, else the credentials file.")] = None,
+    data_dir: DataDirOpt = None,
+    log_level: LogLevelOpt = "info",
+    log_format: LogFormatOpt = "text",
+) -> None:
+    """Run one service in this process (production deployments)."""
+    from qgjob.services import ApiService, ProjectorService, SchedulerRunner, run_until_signalled
+
+    _configure_logging(log_level, log_format)
+    s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)
+    services: dict[str, Any] = {
+        "api": lambda: ApiService(s, host=host, port=port, log_level=log_level),
+        "scheduler": lambda: SchedulerRunner(s),
+        "projector": lambda: ProjectorService(s),
+    }
+    if service not in services:
+        _fail(f"service: {service!r} is not one of api, scheduler, projector", EXIT_USAGE)
+    try:
+        asyncio.run(run_until_signalled([services[service]()]))
+    except QgjobError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except OSError as exc:
+        _fail(f"cannot start {service}: {exc}", EXIT_UNAVAILABLE)
+
+
+@app.command()
+def agent(
+    target: Annotated[str, typer.Option("--target", help=TARGET_HELP)],
+    slots: Annotated[int, typer.Option("--slots", help="Batches this agent runs at once.")] = 1,
+    runner: Annotated[str, typer.Option("--runner", help="simulate (command and appwright come later).")] = "simulate",
+    name: Annotated[str | None, typer.Option("--name", help="Agent id (default: <target>-<host>-<pid>).")] = None,
+    test_seconds: Annotated[float, typer.Option("--test-seconds", help="simulate: seconds per test.")] = 0.5,
+    install_seconds: Annotated[float, typer.Option("--install-seconds", help="simulate: seconds per install.")] = 2.0,
+    simulate_file: Annotated[Path | None, typer.Option("--simulate-file", help="simulate: JSON durations and outcomes.")] = None,
+    nats_url: Annotated[str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")] = None,
+    data_dir: DataDirOpt = None,
+    log_level: LogLevelOpt = "info",
+    log_format: LogFormatOpt = "text",
+) -> None:
+    """Run an agent that takes batches for one target."""
+    import os
+    import socket
+
+    from agents.runners import SimulateRunner
+    from qgjob.services import AgentRunner, run_until_signalled
+
+    _configure_logging(log_level, log_format)
+    if target not in settings_mod.TARGETS:
+        _fail(f"--target: {target!r} is not allowed; allowed: {', '.join(settings_mod.TARGETS)}", EXIT_USAGE)
+    if slots < 1:
+        _fail("--slots: allowed: 1 or more", EXIT_USAGE)
+    if runner != "simulate":
+        _fail(f"--runner: {runner!r} is not available yet; allowed: simulate", EXIT_USAGE)
+    s = settings_mod.load(nats_url=nats_url, data_dir_=data_dir)
+    try:
+        sim = (
+            SimulateRunner.from_file(simulate_file, duration_s=test_seconds, install_s=install_seconds)
+            if simulate_file
+            else SimulateRunner(duration_s=test_seconds, install_s=install_seconds)
+        )
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    agent_id = name or f"{target}-{socket.gethostname()}-{os.getpid()}"
+    try:
+        asyncio.run(run_until_signalled([AgentRunner(s, agent_id=agent_id, target=target, runner=sim, slots=slots)]))
+    except QgjobError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+
+
+@app.command()
+def replay(
+    verify: Annotated[bool, typer.Option("--verify", help="Rebuild into a scratch schema and compare with live.")] = False,
+    schema: Annotated[str | None, typer.Option("--schema", help="Rebuild into this schema (default: qgjob_replay).")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="With --verify: keep the scratch schema.")] = False,
+    json_: JsonOpt = False,
+    nats_url: Annotated[str | None, typer.Option("--nats-url")] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Rebuild the projections from the event stream (exit 1 if --verify finds differences)."""
+    from qgjob.replay import run_replay
+
+    s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)
+    try:
+        code, report = asyncio.run(run_replay(s, verify=verify, schema=schema, keep=keep))
+    except QgjobError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if json_:
+        _emit_json(report)
+    else:
+        for line in report["lines"]:
+            typer.echo(line)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    logging.captureWarnings(True)
+    app()
+
+
+if __name__ == "__main__":
+    main()

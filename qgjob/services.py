@@ -1,0 +1,176 @@
+"""Running each service: the API, scheduler, projector and agents.
+
+``qgjob serve`` runs one of them in its own process; ``qgjob up`` runs them all
+in one process beside its embedded NATS and Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any, Protocol
+
+import uvicorn
+
+from agents.agent import Agent
+from agents.runners import Runner
+from eventstore import EventStore
+from projections.projector import Projector
+from projections.schema import connect_pool, migrate
+from qgjob.api.app import create_app
+from qgjob.settings import Settings
+from scheduler import policy
+from scheduler.service import SchedulerService
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+async def open_store(settings: Settings, name: str) -> EventStore:
+    store = await EventStore.connect(settings.nats_url, stream=settings.stream, prefix=settings.prefix, name=name)
+    await store.ensure_stream()
+    return store
+
+
+class ApiService:
+    """uvicorn serving the API inside the current event loop."""
+
+    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
+        config = uvicorn.Config(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+    async def run(self) -> None:
+        await self.server.serve()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+    @property
+    def started(self) -> bool:
+        return bool(self.server.started)
+
+
+class ProjectorService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.projector: Projector | None = None
+        self._stopped = False
+
+    async def run(self) -> None:
+        store = await open_store(self.settings, "qgjob-projector")
+        pool = await connect_pool(self.settings.database_url, self.settings.schema, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, self.settings.schema)
+            self.projector = Projector(store, pool, durable=f"projector_{self.settings.schema}")
+            if self._stopped:
+                return
+            await self.projector.run()
+        finally:
+            await pool.close()
+            await store.close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.projector is not None:
+            self.projector.stop()
+
+
+class SchedulerRunner:
+    def __init__(self, settings: Settings, config: policy.Config | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.service: SchedulerService | None = None
+        self._stopped = False
+
+    async def run(self) -> None:
+        store = await open_store(self.settings, "qgjob-scheduler")
+        try:
+            self.service = SchedulerService(store, self.config)
+            if self._stopped:
+                return
+            await self.service.run()
+        finally:
+            await store.close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.service is not None:
+            self.service.stop()
+
+
+class AgentRunner:
+    def __init__(self, settings: Settings, *, agent_id: str, target: str, runner: Runner, slots: int = 1) -> None:
+        self.settings = settings
+        self.agent_id = agent_id
+        self.target = target
+        self.runner = runner
+        self.slots = slots
+        self.agent: Agent | None = None
+        self._stopped = False
+
+    async def run(self) -> None:
+        store = await open_store(self.settings, f"qgjob-agent-{self.agent_id}")
+        try:
+            self.agent = Agent(store, agent_id=self.agent_id, target=self.target, runner=self.runner, slots=self.slots)
+            if self._stopped:
+                return
+            await self.agent.run()
+        finally:
+            await store.close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.agent is not None:
+            self.agent.stop()
+
+
+async def run_until_signalled(services: list[Any], *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run services until SIGINT/SIGTERM or until one fails; stop them in reverse."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(s.run(), name=type(s).__name__) for s in services]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        if on_ready is not None:
+            ready = asyncio.create_task(on_ready())
+            done, _ = await asyncio.wait({ready, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            if ready not in done:
+                ready.cancel()
+            elif ready.exception() is not None:
+                raise ready.exception()  # type: ignore[misc]
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                log.error("service %s failed: %s", task.get_name(), task.exception())
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for service in reversed(services):
+            service.stop()
+        stopper.cancel()
+        for task in reversed(tasks):
+            with suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 10)
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Embedded stack: helpers that run real NATS and PostgreSQL server processes."""

@@ -1,0 +1,1 @@
+"""The scheduler: a pure policy core and the service that runs it."""

@@ -1,0 +1,418 @@
+"""The scheduler's brain: folds events into state and decides assignments.
+
+No I/O, no clock and no randomness of its own: time comes in as ``now``
+(seconds) and new ids from the ``new_id`` callable it is given, so the service,
+the tests and the simulator all drive the same code.
+
+Promises kept here (DESIGN.md, "Scheduling promises"):
+
+- jobs are grouped by ``(app_version_id, target)``; a batch is one group's
+  jobs on one agent, which installs only when it does not have the build;
+- lower priority number first, FIFO (stream order) within a priority;
+- an agent keeps its installed build while that group holds work of the best
+  waiting priority;
+- a failed attempt is retried until ``max_retries`` is spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from eventstore.events import (
+    AgentLost,
+    AgentRegistered,
+    AgentStopped,
+    BatchAssigned,
+    BatchFinished,
+    BatchJob,
+    Event,
+    JobAssigned,
+    JobCancelled,
+    JobErrored,
+    JobFailed,
+    JobPassed,
+    JobRequeued,
+    JobRetryScheduled,
+    JobStarted,
+    JobSubmitted,
+)
+
+Group = tuple[str, str]  # (app_version_id, target)
+
+QUEUED = "queued"
+ASSIGNED = "assigned"
+RUNNING = "running"
+RETRYING = "retrying"
+DONE = "done"
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    org_id: str
+    app_version_id: str
+    target: str
+    test: str
+    priority: int
+    max_retries: int
+    timeout_s: float | None
+    dedup_key: str
+    order: int  # stream sequence of the submission: FIFO order
+    seq: int  # last sequence on the job's subject, for fenced appends
+    status: str = QUEUED
+    attempts: int = 0
+    ready_at: float = 0.0
+    batch_id: str | None = None
+    retry_pending: bool = False
+
+    @property
+    def group(self) -> Group:
+        return (self.app_version_id, self.target)
+
+
+@dataclass(slots=True)
+class Agent:
+    agent_id: str
+    target: str
+    slots: int = 1
+    installed: str | None = None
+    batches: set[str] = field(default_factory=set)
+    alive: bool = True
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.batches) if self.alive else 0
+
+
+@dataclass(slots=True)
+class Batch:
+    batch_id: str
+    agent_id: str
+    group: Group
+    job_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """Give ``jobs`` of one group to ``agent_id`` as batch ``batch_id``."""
+
+    batch_id: str
+    agent_id: str
+    app_version_id: str
+    target: str
+    jobs: tuple[BatchJob, ...]
+    expected: tuple[int, ...]  # each job subject's last sequence
+    install: bool
+    previous_install: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRetry:
+    job_id: str
+    attempt: int
+    not_before: float
+    expected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    job_id: str
+    reason: str
+    expected: int
+
+
+Decision = Assign | ScheduleRetry | Requeue
+
+
+@dataclass(slots=True)
+class Config:
+    max_batch: int = 25
+    retry_backoff_s: float = 0.0
+
+
+@dataclass(slots=True)
+class State:
+    config: Config = field(default_factory=Config)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
+    batches: dict[str, Batch] = field(default_factory=dict)
+    # waiting jobs by group; kept unsorted, sorted on decision
+    waiting: dict[Group, set[str]] = field(default_factory=dict)
+    # failed attempts waiting for their retry to be scheduled
+    needs_retry: set[str] = field(default_factory=set)
+    # jobs held by a batch that ended or an agent that left, to go back to the queue
+    orphans: dict[str, str] = field(default_factory=dict)
+
+    # --- helpers ---------------------------------------------------------
+
+    def _wait(self, job: Job) -> None:
+        self.waiting.setdefault(job.group, set()).add(job.job_id)
+
+    def _unwait(self, job: Job) -> None:
+        ids = self.waiting.get(job.group)
+        if ids is not None:
+            ids.discard(job.job_id)
+            if not ids:
+                del self.waiting[job.group]
+
+    def _finish(self, job: Job) -> None:
+        self._unwait(job)
+        job.status = DONE
+        self._leave_batch(job)
+
+    def _leave_batch(self, job: Job) -> None:
+        if job.batch_id is None:
+            return
+        batch = self.batches.get(job.batch_id)
+        job.batch_id = None
+        if batch is not None and job.job_id in batch.job_ids:
+            batch.job_ids.remove(job.job_id)
+
+
+def apply(state: State, seq: int, event: Event) -> None:
+    """Fold one recorded event into ``state``."""
+    match event:
+        case JobSubmitted():
+            if event.job_id in state.jobs:
+                return
+            job = Job(
+                job_id=event.job_id,
+                org_id=event.org_id,
+                app_version_id=event.app_version_id,
+                target=event.target,
+                test=event.test,
+                priority=event.priority,
+                max_retries=event.max_retries,
+                timeout_s=event.timeout_s,
+                dedup_key=event.dedup_key,
+                order=seq,
+                seq=seq,
+            )
+            state.jobs[job.job_id] = job
+            state._wait(job)
+        case JobAssigned():
+            job = state.jobs.get(event.job_id)
+            if job is None or job.status == DONE:
+                return
+            job.seq = seq
+            job.status = ASSIGNED
+            job.batch_id = event.batch_id
+            state._unwait(job)
+        case JobStarted():
+            job = state.jobs.get(event.job_id)
+            if job is None or job.status == DONE:
+                return
+            job.seq = seq
+            job.status = RUNNING
+            job.attempts = event.attempt
+        case JobPassed() | JobCancelled() | JobErrored():
+            job = state.jobs.get(event.job_id)
+            if job is not None:
+                job.seq = seq
+                state._finish(job)
+        case JobFailed():
+            job = state.jobs.get(event.job_id)
+            if job is None or job.status == DONE:
+                return
+            job.seq = seq
+            job.attempts = event.attempt
+            if event.final:
+                state._finish(job)
+            else:
+                state._leave_batch(job)
+                job.status = RETRYING
+                state.needs_retry.add(job.job_id)
+        case JobRetryScheduled():
+            job = state.jobs.get(event.job_id)
+            if job is None or job.status == DONE:
+                return
+            job.seq = seq
+            state.needs_retry.discard(job.job_id)
+            job.status = QUEUED
+            job.ready_at = event.not_before.timestamp()
+            state._wait(job)
+        case JobRequeued():
+            job = state.jobs.get(event.job_id)
+            if job is None or job.status == DONE:
+                return
+            job.seq = seq
+            state._leave_batch(job)
+            job.status = QUEUED
+            state._wait(job)
+        case BatchAssigned():
+            agent = state.agents.get(event.agent_id)
+            if agent is not None:
+                agent.batches.add(event.batch_id)
+                agent.installed = event.app_version_id
+            if event.batch_id not in state.batches:
+                state.batches[event.batch_id] = Batch(
+                    event.batch_id,
+                    event.agent_id,
+                    (event.app_version_id, event.target),
+                    [j.job_id for j in event.jobs],
+                )
+        case BatchFinished():
+            agent = state.agents.get(event.agent_id)
+            if agent is not None:
+                agent.batches.discard(event.batch_id)
+            batch = state.batches.pop(event.batch_id, None)
+            if batch is not None:
+                _orphan_batch(state, batch, "batch finished without a result")
+        case AgentRegistered():
+            agent = state.agents.get(event.agent_id)
+            if agent is not None:
+                # A restarted agent holds nothing it held before.
+                _release_agent(state, agent, "agent restarted")
+                agent.target = event.target
+                agent.slots = event.slots
+                agent.alive = True
+            else:
+                state.agents[event.agent_id] = Agent(event.agent_id, event.target, event.slots)
+        case AgentStopped() | AgentLost():
+            agent = state.agents.get(event.agent_id)
+            if agent is not None:
+                agent.alive = False
+                _release_agent(state, agent, f"agent {type(event).__name__[5:].lower()}")
+        case _:
+            pass
+
+
+def _release_agent(state: State, agent: Agent, reason: str) -> None:
+    for batch_id in list(agent.batches):
+        batch = state.batches.pop(batch_id, None)
+        if batch is not None:
+            _orphan_batch(state, batch, reason)
+    agent.batches.clear()
+
+
+def _orphan_batch(state: State, batch: Batch, reason: str) -> None:
+    """Jobs a batch still holds are to go back to the queue."""
+    for job_id in batch.job_ids:
+        job = state.jobs.get(job_id)
+        if job is None or job.status in (DONE, QUEUED, RETRYING) or job.batch_id != batch.batch_id:
+            continue
+        job.batch_id = None
+        state.orphans[job_id] = reason
+
+
+def _ready(state: State, ids: set[str], now: float) -> list[Job]:
+    jobs = [state.jobs[i] for i in ids]
+    return [j for j in jobs if j.ready_at <= now]
+
+
+def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision]:
+    """Assign batches to agents with free slots.
+
+    Each assignment is applied to ``state`` at once (jobs leave the queue, the
+    agent takes a slot), so deciding twice does not assign twice; the service
+    calls :func:`reject` when the event store refuses one.
+    """
+    decisions: list[Decision] = []
+    for job_id in sorted(state.needs_retry):
+        job = state.jobs[job_id]
+        backoff = state.config.retry_backoff_s * (2 ** max(job.attempts - 1, 0))
+        decisions.append(ScheduleRetry(job_id, job.attempts + 1, now + backoff, job.seq))
+    state.needs_retry.clear()
+    for job_id, reason in sorted(state.orphans.items()):
+        job = state.jobs[job_id]
+        if job.status in (ASSIGNED, RUNNING):
+            decisions.append(Requeue(job_id, reason, job.seq))
+    state.orphans.clear()
+    if not state.waiting:
+        return decisions
+    by_target: dict[str, list[tuple[int, int, Group, list[Job]]]] = {}
+    for group, ids in state.waiting.items():
+        ready = _ready(state, ids, now)
+        if not ready:
+            continue
+        ready.sort(key=lambda j: (j.priority, j.order))
+        head = ready[0]
+        by_target.setdefault(group[1], []).append((head.priority, head.order, group, ready))
+    if not by_target:
+        return decisions
+    agents = sorted(
+        (a for a in state.agents.values() if a.free > 0 and a.target in by_target),
+        key=lambda a: a.agent_id,
+    )
+    for agent in agents:
+        while agent.free > 0:
+            candidates = by_target.get(agent.target)
+            if not candidates:
+                break
+            candidates.sort(key=lambda c: (c[0], c[1]))
+            best_priority = candidates[0][0]
+            pick = candidates[0]
+            for c in candidates:
+                if c[0] == best_priority and c[2][0] == agent.installed:
+                    pick = c  # keep the installed build: no install needed
+                    break
+            _, _, group, ready = pick
+            take = ready[: state.config.max_batch]
+            rest = ready[state.config.max_batch :]
+            candidates.remove(pick)
+            if rest:
+                candidates.append((rest[0].priority, rest[0].order, group, rest))
+            decisions.append(_assign(state, agent, group, take, new_id()))
+    return decisions
+
+
+def _assign(state: State, agent: Agent, group: Group, jobs: list[Job], batch_id: str) -> Assign:
+    install = agent.installed != group[0]
+    previous = agent.installed
+    for job in jobs:
+        job.status = ASSIGNED
+        job.batch_id = batch_id
+        state._unwait(job)
+    agent.batches.add(batch_id)
+    agent.installed = group[0]
+    state.batches[batch_id] = Batch(batch_id, agent.agent_id, group, [j.job_id for j in jobs])
+    return Assign(
+        batch_id=batch_id,
+        agent_id=agent.agent_id,
+        app_version_id=group[0],
+        target=group[1],
+        jobs=tuple(
+            BatchJob(
+                job_id=j.job_id,
+                org_id=j.org_id,
+                test=j.test,
+                attempt=j.attempts + 1,
+                max_retries=j.max_retries,
+                timeout_s=j.timeout_s,
+                dedup_key=j.dedup_key,
+            )
+            for j in jobs
+        ),
+        expected=tuple(j.seq for j in jobs),
+        install=install,
+        previous_install=previous,
+    )
+
+
+def reject(state: State, decision: Decision) -> None:
+    """Undo a decision the event store refused (a job moved on meanwhile, or
+    the store was unreachable); the next :func:`decide` reconsiders."""
+    if isinstance(decision, ScheduleRetry):
+        job = state.jobs.get(decision.job_id)
+        if job is not None and job.status == RETRYING:
+            state.needs_retry.add(job.job_id)
+        return
+    if isinstance(decision, Requeue):
+        job = state.jobs.get(decision.job_id)
+        if job is not None and job.status in (ASSIGNED, RUNNING) and job.batch_id is None:
+            state.orphans[job.job_id] = decision.reason
+        return
+    batch = state.batches.pop(decision.batch_id, None)
+    agent = state.agents.get(decision.agent_id)
+    if agent is not None:
+        agent.batches.discard(decision.batch_id)
+        agent.installed = decision.previous_install
+    if batch is None:
+        return
+    for job_id in batch.job_ids:
+        job = state.jobs.get(job_id)
+        if job is not None and job.status == ASSIGNED and job.batch_id == decision.batch_id:
+            job.status = QUEUED
+            job.batch_id = None
+            state._wait(job)
