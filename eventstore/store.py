@@ -33,7 +33,7 @@ from eventstore.errors import (
     EventStoreUnavailable,
     StreamConfigConflict,
 )
-from eventstore.events import Event, decode_event, encode_event
+from eventstore.events import Event, Unreadable, decode_event, encode_event
 from eventstore.ids import new_id
 from eventstore.subjects import Subjects
 
@@ -317,8 +317,6 @@ class EventStore:
                 except nats.errors.TimeoutError:
                     return
                 rec = self.recorded(msg)
-                if rec is None:
-                    continue
                 if rec.seq > end:
                     return
                 yield rec
@@ -357,20 +355,18 @@ class EventStore:
                 msgs = [await queue.get()]
                 while not queue.empty() and len(msgs) < max_batch:
                     msgs.append(queue.get_nowait())
-                batch = [r for r in (self.recorded(m) for m in msgs) if r is not None]
-                if batch:
-                    yield batch
+                yield [self.recorded(m) for m in msgs]
         finally:
             await sub.unsubscribe()
 
     @staticmethod
-    def recorded(msg: Msg) -> Recorded | None:
+    def recorded(msg: Msg) -> Recorded:
         meta = msg.metadata
         try:
             event = decode_event(msg.data)
-        except msgspec.DecodeError:
-            log.warning("skipping an event this version cannot read at seq %s", meta.sequence.stream)
-            return None
+        except msgspec.DecodeError as exc:
+            log.warning("an event this version cannot read at seq %s: %s", meta.sequence.stream, exc)
+            event = Unreadable(reason=str(exc))
         return Recorded(
             seq=meta.sequence.stream, subject=msg.subject, event=event, time=meta.timestamp, pending=meta.num_pending
         )

@@ -9,15 +9,17 @@ crash changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from eventstore import EventStore, Recorded
+from eventstore import EventStore, QgjobError, Recorded
 from projections.apply import apply
 from projections.schema import queries
 
@@ -33,17 +35,28 @@ async def checkpoint(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     return int(seq or 0)
 
 
-async def apply_batch(conn: asyncpg.Connection, records: Sequence[Recorded]) -> int:
-    """Apply events above the checkpoint in one transaction; returns the new checkpoint."""
+class ProjectionGap(QgjobError):
+    """Events arrived past a gap after the checkpoint; the consumer must rewind."""
+
+
+async def apply_batch(conn: asyncpg.Connection, records: Sequence[Recorded], *, first_seq: int = 1) -> int:
+    """Apply events above the checkpoint in one transaction; returns the new checkpoint.
+
+    Events must follow the checkpoint without a gap (the stream's sequences
+    are contiguous from ``first_seq``), else :class:`ProjectionGap` and nothing
+    is applied.
+    """
     async with conn.transaction():
         done = await conn.fetchval(Q["checkpoint_lock"], PROJECTION)
         done = int(done or 0)
         top = done
         for rec in records:
-            if rec.seq <= done:
+            if rec.seq <= top:
                 continue
+            if rec.seq != top + 1 and top + 1 >= first_seq:
+                raise ProjectionGap(f"expected event {top + 1}, got {rec.seq}")
             await apply(conn, rec)
-            top = max(top, rec.seq)
+            top = rec.seq
         if top > done:
             await conn.execute(Q["checkpoint_set"], PROJECTION, top)
     return top
@@ -66,29 +79,40 @@ class Projector:
         self.batch = batch
         self.applied = 0
         self.checkpoint = 0
+        self.first_seq = 1
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> None:
+    async def _consumer(self) -> Any:
+        """(Re)create the durable consumer at the checkpoint.
+
+        Postgres holds the truth of what was applied; the consumer is only a
+        cursor. Recreating it after a crash means messages a dead projector
+        had fetched but not committed are delivered again, in order.
+        """
         async with self.pool.acquire() as conn:
             self.checkpoint = await checkpoint(conn)
-        try:
-            await self.store.js.consumer_info(self.store.stream, self.durable)
-            config = None
-        except nats.js.errors.NotFoundError:
-            config = ConsumerConfig(
-                ack_policy=AckPolicy.ALL,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.checkpoint + 1,
-                max_ack_pending=-1,
-                ack_wait=30,
-            )
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.store.js.delete_consumer(self.store.stream, self.durable)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.checkpoint + 1,
+            max_ack_pending=-1,
+            ack_wait=30,
+        )
         sub = await self.store.js.pull_subscribe(
             self.store.subjects.all, durable=self.durable, stream=self.store.stream, config=config
         )
-        log.info("projector started at checkpoint %s", self.checkpoint)
+        info = await self.store.js.stream_info(self.store.stream)
+        self.first_seq = int(info.state.first_seq or 1)
+        log.info("projector consuming from %s", self.checkpoint + 1)
+        return sub
+
+    async def run(self) -> None:
+        sub = await self._consumer()
         while not self._stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch, timeout=0.5)
@@ -102,8 +126,16 @@ class Projector:
                 log.warning("projector fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            records = [r for r in (self.store.recorded(m) for m in msgs) if r is not None]
-            async with self.pool.acquire() as conn:
-                self.checkpoint = await apply_batch(conn, records)
+            if not msgs:  # nats-py returns [] when a pull ends on a status (408/409) message
+                continue
+            records = [self.store.recorded(m) for m in msgs]
+            try:
+                async with self.pool.acquire() as conn:
+                    self.checkpoint = await apply_batch(conn, records, first_seq=self.first_seq)
+            except ProjectionGap as exc:
+                log.warning("projector rewinds: %s", exc)
+                await sub.unsubscribe()
+                sub = await self._consumer()
+                continue
             self.applied += len(records)
             await msgs[-1].ack()

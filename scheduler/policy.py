@@ -158,6 +158,7 @@ class State:
 
     def _finish(self, job: Job) -> None:
         self._unwait(job)
+        self.needs_retry.discard(job.job_id)  # an ended job gets no retry
         job.status = DONE
         self._leave_batch(job)
 

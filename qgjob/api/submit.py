@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from qgjob.api.errors import Unavailable
 log = logging.getLogger(__name__)
 Q = queries()
 ATTEMPTS = 4
+GROUP_COMMIT_MAX = 500
 
 
 def dedup_key(org_id: str, app_version_id: str, test: str, target: str) -> str:
@@ -58,41 +60,95 @@ class Submitter:
         self.store = store
         self.pool = pool
         self.atomic_batch_max = atomic_batch_max
+        self._pending: list[tuple[Item, asyncio.Future[Item]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, jobs: list[dict[str, Any]], *, idempotency: str | None = None) -> tuple[str, list[Item]]:
-        """Append the jobs that are not duplicates; returns ``(run_id, items)``."""
+        """Append the jobs that are not duplicates; returns ``(run_id, items)``.
+
+        Single-job requests arriving together share one atomic append (group
+        commit): JetStream makes each atomic batch durable on its own, so
+        sharing the commit is what lets many concurrent clients in at once.
+        """
         run_id = jobs[0].get("run_id") or new_id("run")
+        for job in jobs:
+            job["run_id"] = job.get("run_id") or run_id
         org_id = jobs[0]["org_id"]
+        if idempotency is None and len(jobs) == 1:
+            return run_id, [await self._enqueue(self._item(jobs[0]))]
         idem_subject = None
         if idempotency is not None:
             idem_subject = self.store.subjects.idempotency(org_id, idempotency_key(org_id, idempotency))
             earlier = await self._earlier_answer(idem_subject, jobs)
             if earlier is not None:
                 return earlier
-        items = []
-        for job in jobs:
-            job["run_id"] = job.get("run_id") or run_id
-            key = dedup_key(job["org_id"], job["app_version_id"], job["test"], job["target"])
-            items.append(Item(job=job, key=key, job_id=new_id("job")))
+        items = [self._item(job) for job in jobs]
+
+        def record() -> Append | None:
+            if idem_subject is None:
+                return None
+            return Append(
+                idem_subject,
+                SubmissionRecorded(
+                    key=idempotency or "",
+                    org_id=org_id,
+                    run_id=run_id,
+                    job_ids=[i.duplicate_of or i.job_id for i in items],
+                    duplicate=[i.duplicate_of is not None for i in items],
+                ),
+                0,
+            )
+
+        try:
+            await self._commit(items, record)
+        except ConcurrencyConflict:
+            if idem_subject is not None:
+                earlier = await self._earlier_answer(idem_subject, jobs)
+                if earlier is not None:
+                    return earlier
+            raise Unavailable("too many concurrent submissions of the same tests; retry") from None
+        return run_id, items
+
+    @staticmethod
+    def _item(job: dict[str, Any]) -> Item:
+        key = dedup_key(job["org_id"], job["app_version_id"], job["test"], job["target"])
+        return Item(job=job, key=key, job_id=new_id("job"))
+
+    async def _enqueue(self, item: Item) -> Item:
+        future: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            group = self._pending[:GROUP_COMMIT_MAX]
+            del self._pending[:GROUP_COMMIT_MAX]
+            try:
+                await self._commit([item for item, _ in group], lambda: None)
+            except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
+                failure = exc if not isinstance(exc, ConcurrencyConflict) else Unavailable(
+                    "too many concurrent submissions of the same tests; retry"
+                )
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(failure)
+                continue
+            for item, future in group:
+                if not future.done():
+                    future.set_result(item)
+
+    async def _commit(self, items: list[Item], record: Callable[[], Append | None]) -> None:
+        """Mark duplicates and append the rest atomically, retrying conflicts
+        with the key states read straight from the store."""
         keys = await self._keys_from_projection({i.key: i.job["org_id"] for i in items})
         for attempt in range(ATTEMPTS):
             self._mark_duplicates(items, keys)
-            fresh = [i for i in items if i.duplicate_of is None]
-            appends = self._appends(fresh, keys)
-            if idem_subject is not None:
-                appends.append(
-                    Append(
-                        idem_subject,
-                        SubmissionRecorded(
-                            key=idempotency or "",
-                            org_id=org_id,
-                            run_id=run_id,
-                            job_ids=[i.duplicate_of or i.job_id for i in items],
-                            duplicate=[i.duplicate_of is not None for i in items],
-                        ),
-                        0,
-                    )
-                )
+            appends = self._appends([i for i in items if i.duplicate_of is None], keys)
+            extra = record()
+            if extra is not None:
+                appends.append(extra)
             if not appends:
                 break
             try:
@@ -100,18 +156,13 @@ class Submitter:
                     await self.store.append_many(appends[start : start + self.atomic_batch_max])
                 break
             except ConcurrencyConflict:
-                if idem_subject is not None:
-                    earlier = await self._earlier_answer(idem_subject, jobs)
-                    if earlier is not None:
-                        return earlier
                 if attempt == ATTEMPTS - 1:
-                    raise Unavailable("too many concurrent submissions of the same tests; retry") from None
+                    raise
                 keys = await self._keys_from_store({i.key: i.job["org_id"] for i in items})
                 for item in items:
                     item.duplicate_of = None
                     item.status = "queued"
         await self._fill_duplicate_status(items)
-        return run_id, items
 
     def _mark_duplicates(self, items: list[Item], keys: dict[str, KeyState]) -> None:
         first: dict[str, Item] = {}

@@ -8,6 +8,7 @@ A Postgres left running by a killed stack is reused; a stale NATS is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -186,7 +187,10 @@ class EmbeddedStack:
 async def _token_known(store: EventStore, token: str) -> bool:
     """Whether the stream holds this token's hash (the data folder may be new)."""
     wanted = hash_token(token)
-    async for rec in store.read(f"{store.subjects.prefix}.token.*"):
-        if getattr(rec.event, "sha256", None) == wanted:
-            return True
+    # aclosing: leaving the loop early must unsubscribe now, not when the generator
+    # is collected after the connection is closed (a "Task exception was never retrieved").
+    async with contextlib.aclosing(store.read(f"{store.subjects.prefix}.token.*")) as records:
+        async for rec in records:
+            if getattr(rec.event, "sha256", None) == wanted:
+                return True
     return False

@@ -1,0 +1,148 @@
+"""The projector against real JetStream and Postgres: idempotent under
+redelivery, survives SIGKILL mid-batch, and equals a replay of the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from eventstore import EventStore
+from projections import replay
+from projections.projector import apply_batch, checkpoint
+from projections.schema import migrate, queries
+from qgjob.settings import Settings
+from tests.integration.history import write_history
+
+QGJOB = str(Path(sys.executable).parent / "qgjob")
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QGJOB_")}
+    env.update(
+        QGJOB_NATS_URL=settings.nats_url,
+        QGJOB_DATABASE_URL=settings.database_url,
+        QGJOB_STREAM=settings.stream,
+        QGJOB_PREFIX=settings.prefix,
+        QGJOB_SCHEMA=settings.schema,
+        QGJOB_DATA_DIR="/nonexistent-qgjob-test",
+    )
+    return env
+
+
+async def wait_for_checkpoint(pool: asyncpg.Pool, target: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while await checkpoint(pool) < target:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"projection stuck at {await checkpoint(pool)} of {target}")
+        await asyncio.sleep(0.02)
+
+
+async def status_counts(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM jobs GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def test_a_redelivered_batch_changes_nothing(store: EventStore, pool: asyncpg.Pool) -> None:
+    await write_history(store, 120)
+    records = [r async for r in store.read()]
+    async with pool.acquire() as conn:
+        top = await apply_batch(conn, records[:500])
+        snapshot = await conn.fetch("SELECT * FROM jobs ORDER BY job_id")
+        assert await apply_batch(conn, records[:500]) == top  # the same batch again
+        assert await conn.fetch("SELECT * FROM jobs ORDER BY job_id") == snapshot
+        assert await apply_batch(conn, records[250:]) == records[-1].seq  # overlapping redelivery
+    live = await status_counts(pool)
+    assert sum(live.values()) == 120
+
+
+async def test_projector_killed_mid_batch_resumes_with_identical_rows(
+    store: EventStore, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    expected = await write_history(store, 3000)
+    last = await store.last_seq()
+    env = service_env(settings)
+    proc = subprocess.Popen([QGJOB, "serve", "projector", "--log-level", "warning"], env=env)
+    try:
+        killed_at = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = await checkpoint(pool)
+            if done > 0:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                killed_at = await checkpoint(pool)
+                break
+            await asyncio.sleep(0.005)
+        assert 0 < killed_at < last, f"the projector was not killed mid-stream ({killed_at} of {last})"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    proc = subprocess.Popen([QGJOB, "serve", "projector", "--log-level", "warning"], env=env)
+    try:
+        await wait_for_checkpoint(pool, last)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert await status_counts(pool) == expected
+    upto = await replay.rebuild(store, settings.database_url, f"{settings.schema}_rb", until_seq=last)
+    try:
+        assert upto == last
+        assert await replay.compare(settings.database_url, settings.schema, f"{settings.schema}_rb", last) == []
+    finally:
+        await pool.execute(f'DROP SCHEMA "{settings.schema}_rb" CASCADE')
+
+
+async def test_replay_verify_reports_each_differing_row(
+    store: EventStore, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    await write_history(store, 200)
+    records = [r async for r in store.read()]
+    async with pool.acquire() as conn:
+        await apply_batch(conn, records)
+    env = service_env(settings)
+    clean = subprocess.run([QGJOB, "replay", "--verify"], env=env, capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no differences" in clean.stdout
+    await pool.execute("UPDATE jobs SET status = 'passed', attempts = 9 WHERE job_id = 'job_000011'")
+    await pool.execute("DELETE FROM jobs WHERE job_id = 'job_000012'")
+    dirty = subprocess.run([QGJOB, "replay", "--verify"], env=env, capture_output=True, text=True, timeout=60)
+    assert dirty.returncode == 1, dirty.stdout + dirty.stderr
+    assert "jobs job_000011: status: live='passed' rebuilt='failed'" in dirty.stdout
+    assert "attempts: live=9 rebuilt=2" in dirty.stdout
+    assert "jobs job_000012: missing in live" in dirty.stdout
+    assert "2 row(s) differ" in dirty.stdout
+
+
+async def test_migrations_from_zero_match_the_schema(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute('DROP SCHEMA IF EXISTS "mig_a" CASCADE')
+        assert await migrate(conn, "mig_a") == [1]
+        assert await migrate(conn, "mig_a") == []  # idempotent
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'mig_a'")}
+        assert {"jobs", "dedup_keys", "agents", "batches", "tokens", "checkpoints", "schema_migrations"} <= tables
+        await conn.execute('SET search_path TO "mig_a"')
+        for name, sql in queries().items():
+            if "$" not in sql:
+                continue
+            await conn.prepare(sql)  # every named query parses against the schema
+    finally:
+        await conn.execute('DROP SCHEMA IF EXISTS "mig_a" CASCADE')
+        await conn.close()
+
+
+@pytest.mark.parametrize("bad", ["Live", "drop table", "a" * 64, "1abc"])
+def test_schema_names_are_checked(bad: str) -> None:
+    from projections.schema import check_schema_name
+
+    with pytest.raises(ValueError, match="not allowed"):
+        check_schema_name(bad)
