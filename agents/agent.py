@@ -134,7 +134,7 @@ class Agent:
             return
         outcome = await self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt)
         self.jobs_run += 1
-        final = outcome.passed or job.attempt > job.max_retries
+        final = outcome.passed or job.failures + 1 > job.max_retries
         result: Event
         if outcome.passed:
             result = JobPassed(

@@ -45,8 +45,7 @@ class Servers:
 
     def start_api(self, workers: int = 1) -> str:
         port = free_port()
-        for _ in range(workers):
-            self.start("serve", "api", "--port", str(port), "--log-level", "warning")
+        self.start("serve", "api", "--port", str(port), "--workers", str(workers), "--log-level", "warning")
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

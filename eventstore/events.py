@@ -120,6 +120,7 @@ class BatchJob(msgspec.Struct, frozen=True, kw_only=True):
     max_retries: int
     timeout_s: float | None = None
     dedup_key: str = ""
+    failures: int = 0  # failed attempts so far; infrastructure requeues do not count
 
 
 class BatchAssigned(Event, frozen=True, kw_only=True):

@@ -389,6 +389,7 @@ def serve(
     service: Annotated[str, typer.Argument(help="api, scheduler or projector")],
     host: Annotated[str, typer.Option("--host", help="api: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="api: port.")] = 8765,
+    workers: Annotated[int, typer.Option("--workers", help="api: worker processes sharing the port.")] = 1,
     nats_url: Annotated[str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")] = None,
     database_url: Annotated[str | None, typer.Option("--database-url", help="Else $QGJOB_DATABASE_URL, else the credentials file.")] = None,
     data_dir: DataDirOpt = None,
@@ -407,6 +408,23 @@ def serve(
     }
     if service not in services:
         _fail(f"service: {service!r} is not one of api, scheduler, projector", EXIT_USAGE)
+    if service == "api" and workers > 1:
+        import os
+
+        import uvicorn
+
+        for key, value in (("QGJOB_NATS_URL", s.nats_url), ("QGJOB_DATABASE_URL", s.database_url)):
+            os.environ[key] = value
+        uvicorn.run(
+            "qgjob.api.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,
+        )
+        return
     try:
         asyncio.run(run_until_signalled([services[service]()]))
     except QgjobError as exc:

@@ -62,6 +62,7 @@ class Job:
     seq: int  # last sequence on the job's subject, for fenced appends
     status: str = QUEUED
     attempts: int = 0
+    failures: int = 0
     ready_at: float = 0.0
     batch_id: str | None = None
     retry_pending: bool = False
@@ -76,7 +77,8 @@ class Agent:
     agent_id: str
     target: str
     slots: int = 1
-    installed: str | None = None
+    installed: str | None = None  # as decided, including assignments not yet recorded
+    confirmed: str | None = None  # as recorded by the last BatchAssigned
     batches: set[str] = field(default_factory=set)
     alive: bool = True
 
@@ -104,7 +106,6 @@ class Assign:
     jobs: tuple[BatchJob, ...]
     expected: tuple[int, ...]  # each job subject's last sequence
     install: bool
-    previous_install: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,7 @@ def apply(state: State, seq: int, event: Event) -> None:
                 return
             job.seq = seq
             job.attempts = event.attempt
+            job.failures += 1
             if event.final:
                 state._finish(job)
             else:
@@ -246,6 +248,7 @@ def apply(state: State, seq: int, event: Event) -> None:
             if agent is not None:
                 agent.batches.add(event.batch_id)
                 agent.installed = event.app_version_id
+                agent.confirmed = event.app_version_id
             if event.batch_id not in state.batches:
                 state.batches[event.batch_id] = Batch(
                     event.batch_id,
@@ -349,8 +352,14 @@ def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision
                     pick = c  # keep the installed build: no install needed
                     break
             _, _, group, ready = pick
-            take = ready[: state.config.max_batch]
-            rest = ready[state.config.max_batch :]
+            # Lower-priority jobs of this group ride along only while no other
+            # group of the target has more urgent work waiting.
+            others = min((c[0] for c in candidates if c is not pick), default=None)
+            size = state.config.max_batch
+            if others is not None:
+                size = min(size, sum(1 for j in ready if j.priority <= others))
+            take = ready[: max(size, 1)]
+            rest = ready[len(take) :]
             candidates.remove(pick)
             if rest:
                 candidates.append((rest[0].priority, rest[0].order, group, rest))
@@ -360,7 +369,6 @@ def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision
 
 def _assign(state: State, agent: Agent, group: Group, jobs: list[Job], batch_id: str) -> Assign:
     install = agent.installed != group[0]
-    previous = agent.installed
     for job in jobs:
         job.status = ASSIGNED
         job.batch_id = batch_id
@@ -382,12 +390,12 @@ def _assign(state: State, agent: Agent, group: Group, jobs: list[Job], batch_id:
                 max_retries=j.max_retries,
                 timeout_s=j.timeout_s,
                 dedup_key=j.dedup_key,
+                failures=j.failures,
             )
             for j in jobs
         ),
         expected=tuple(j.seq for j in jobs),
         install=install,
-        previous_install=previous,
     )
 
 
@@ -408,7 +416,9 @@ def reject(state: State, decision: Decision) -> None:
     agent = state.agents.get(decision.agent_id)
     if agent is not None:
         agent.batches.discard(decision.batch_id)
-        agent.installed = decision.previous_install
+        # the build of the newest batch it still holds, else the last one recorded
+        held = [b.group[0] for b in state.batches.values() if b.batch_id in agent.batches]
+        agent.installed = held[-1] if held else agent.confirmed
     if batch is None:
         return
     for job_id in batch.job_ids:

@@ -232,6 +232,7 @@ class Api:
                 detail=[{"field": "limit", "message": "allowed: an integer from 1 to 1000"}],
             )
         limit = int(limit_text)
+        await self.caught_up()  # read-your-writes: include jobs this client just submitted
         rows = await read.list_jobs(
             self.db,
             org_id=who.scope(),
@@ -252,12 +253,14 @@ class Api:
         who = await self.principal(request)
         row = await self._job_row(request.path_params["job_id"], who)
         status = await self._cancel(row, reason=f"cancelled by token {who.token_id}")
-        if status != "cancelled":
+        if status is not None:
             raise Conflict(f"job {row['job_id']} already ended: {status}", status=status, job_id=row["job_id"])
+        await self.caught_up()  # a status read after the answer says cancelled
         return _Json({"job_id": row["job_id"], "status": "cancelled"})
 
-    async def _cancel(self, row: asyncpg.Record, *, reason: str) -> str:
-        """Cancel one job; returns ``cancelled`` or the terminal status it already had."""
+    async def _cancel(self, row: asyncpg.Record, *, reason: str) -> str | None:
+        """Cancel one job; returns ``None`` when this call cancelled it, else the
+        terminal status it already had (``cancelled`` included)."""
         subject = self.es.subjects.job(row["app_version_id"], row["target"], row["org_id"], row["job_id"])
         for _ in range(10):
             last = await self.es.last(subject)
@@ -275,7 +278,7 @@ class Api:
             )
             try:
                 await self.es.append_many(appends)
-                return "cancelled"
+                return None
             except ConcurrencyConflict:
                 continue
         raise Unavailable(f"job {row['job_id']} keeps changing; try cancelling again")
@@ -292,9 +295,8 @@ class Api:
     async def get_run(self, request: Request) -> Response:
         who = await self.principal(request)
         run_id = request.path_params["run_id"]
+        await self.caught_up()  # every job of a run just submitted, not only those projected so far
         summary = await read.run_summary(self.db, run_id, who.scope())
-        if summary is None and await self.caught_up():
-            summary = await read.run_summary(self.db, run_id, who.scope())
         if summary is None:
             raise NotFound(f"no run {run_id}")
         rows = await read.list_jobs(self.db, org_id=who.scope(), run_id=run_id, limit=10_000)
@@ -304,18 +306,20 @@ class Api:
     async def cancel_run(self, request: Request) -> Response:
         who = await self.principal(request)
         run_id = request.path_params["run_id"]
+        await self.caught_up()  # cancel every job of a run just submitted, not only those projected so far
         rows = await read.list_jobs(self.db, org_id=who.scope(), run_id=run_id, limit=10_000)
         if not rows:
             raise NotFound(f"no run {run_id}")
         open_rows = [r for r in rows if r["status"] not in read.TERMINAL]
         sem = asyncio.Semaphore(64)
 
-        async def one(row: asyncpg.Record) -> str:
+        async def one(row: asyncpg.Record) -> str | None:
             async with sem:
                 return await self._cancel(row, reason=f"run cancelled by token {who.token_id}")
 
         results = await asyncio.gather(*(one(r) for r in open_rows))
-        return _Json({"run_id": run_id, "cancelled": sum(1 for s in results if s == "cancelled")})
+        await self.caught_up()
+        return _Json({"run_id": run_id, "cancelled": sum(1 for s in results if s is None)})
 
     # --- the rest -------------------------------------------------------------
 
@@ -450,3 +454,10 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=api.lifespan)
     app.state.api = api
     return app
+
+
+def app_from_environment() -> Starlette:
+    """The app for ``uvicorn --factory`` workers: settings from ``QGJOB_*`` and the credentials file."""
+    from qgjob.settings import load
+
+    return create_app(load())

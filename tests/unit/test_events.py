@@ -89,9 +89,7 @@ SAMPLES: dict[str, Event] = {
         final=False,
         at=AT,
     ),
-    "JobRetryScheduled": JobRetryScheduled(
-        job_id="job_a", attempt=2, not_before=AT + timedelta(seconds=7.25), at=AT
-    ),
+    "JobRetryScheduled": JobRetryScheduled(job_id="job_a", attempt=2, not_before=AT + timedelta(seconds=7.25), at=AT),
     "JobRequeued": JobRequeued(job_id="job_a", reason="agent lost", at=AT),
     "JobCancelled": JobCancelled(job_id="job_a", reason="cancelled by ci", dedup_key="k", at=AT),
     "JobErrored": JobErrored(job_id="job_a", error="infrastructure failures exhausted", dedup_key="k", at=AT),
