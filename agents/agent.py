@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from eventstore import Append, ConcurrencyConflict, EventStore, QgjobError
+from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import (
     AgentRegistered,
     AgentStopped,
@@ -19,7 +19,6 @@ from eventstore.events import (
     BatchAssigned,
     BatchFinished,
     BatchJob,
-    DedupReleased,
     Event,
     JobAssigned,
     JobFailed,
@@ -156,15 +155,7 @@ class Agent:
                 final=final,
                 dedup_key=job.dedup_key,
             )
-        appends = [Append(subject, result, seq)]
-        if final and job.dedup_key:
-            appends.append(
-                Append(
-                    self.store.subjects.dedup(job.org_id, job.dedup_key),
-                    DedupReleased(key=job.dedup_key, job_id=job.job_id),
-                )
-            )
         try:
-            await self.store.append_many(appends)
+            await self.store.append(subject, result, expected=seq)
         except ConcurrencyConflict:
             log.warning("result for job %s rejected: the job moved on (cancelled?)", job.job_id, extra=ids)

@@ -165,15 +165,19 @@ class AgentLost(Event, frozen=True, kw_only=True):
 # --- dedup keys and tokens ----------------------------------------------------
 
 
-class DedupClaimed(Event, frozen=True, kw_only=True):
-    key: str
-    job_id: str
+class KeysClaimed(Event, frozen=True, kw_only=True):
+    """New jobs of one (org, app version, target) claiming their dedup keys.
+
+    Appended last in the submission's atomic batch, fenced by the claim
+    subject's last sequence: two racing submissions of the same group cannot
+    both pass their dedup check.
+    """
+
     org_id: str
-
-
-class DedupReleased(Event, frozen=True, kw_only=True):
-    key: str
-    job_id: str
+    app_version_id: str
+    target: str
+    keys: list[str]
+    job_ids: list[str]
 
 
 class SubmissionRecorded(Event, frozen=True, kw_only=True):
@@ -210,8 +214,7 @@ AnyEvent = (
     | AgentRegistered
     | AgentStopped
     | AgentLost
-    | DedupClaimed
-    | DedupReleased
+    | KeysClaimed
     | SubmissionRecorded
     | TokenCreated
 )

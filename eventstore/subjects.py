@@ -12,7 +12,7 @@ Subject map (``<p>`` is the prefix, ``qgjob`` by default):
 - ``<p>.job.<app_version>.<target>.<org>.<job_id>``: one job's lifecycle
 - ``<p>.batch.<app_version>.<target>.<batch_id>``: batch assignment and install
 - ``<p>.agent.<target>.<agent_id>``: agent registration and departure
-- ``<p>.dedup.<org>.<key>``: claims and releases of a dedup key
+- ``<p>.claim.<org>.<app_version>.<target>``: dedup keys claimed by new jobs
 - ``<p>.idem.<org>.<key>``: the answer given to a submit with an Idempotency-Key
 - ``<p>.token.<token_id>``: API tokens (hashes only)
 """
@@ -102,8 +102,10 @@ class Subjects:
     def agent(self, target: str, agent_id: str) -> str:
         return ".".join((self.prefix, "agent", encode_token(target), encode_token(agent_id)))
 
-    def dedup(self, org_id: str, key: str) -> str:
-        return ".".join((self.prefix, "dedup", encode_token(org_id), encode_token(key)))
+    def claims(self, org_id: str, app_version_id: str, target: str) -> str:
+        return ".".join(
+            (self.prefix, "claim", encode_token(org_id), encode_token(app_version_id), encode_token(target))
+        )
 
     def idempotency(self, org_id: str, key: str) -> str:
         return ".".join((self.prefix, "idem", encode_token(org_id), encode_token(key)))

@@ -16,8 +16,6 @@ from eventstore.events import (
     AppInstalled,
     BatchAssigned,
     BatchFinished,
-    DedupClaimed,
-    DedupReleased,
     Event,
     JobAssigned,
     JobCancelled,
@@ -28,6 +26,7 @@ from eventstore.events import (
     JobRetryScheduled,
     JobStarted,
     JobSubmitted,
+    KeysClaimed,
     TokenCreated,
 )
 from projections.schema import queries
@@ -147,14 +146,9 @@ async def _agent_lost(conn: asyncpg.Connection, e: AgentLost, seq: int) -> None:
     await conn.execute(Q["agent_state"], e.agent_id, "lost", e.at, seq)
 
 
-@handles(DedupClaimed)
-async def _dedup_claimed(conn: asyncpg.Connection, e: DedupClaimed, seq: int) -> None:
-    await conn.execute(Q["dedup_claimed"], e.key, e.org_id, e.job_id, seq)
-
-
-@handles(DedupReleased)
-async def _dedup_released(conn: asyncpg.Connection, e: DedupReleased, seq: int) -> None:
-    await conn.execute(Q["dedup_released"], e.key, seq)
+@handles(KeysClaimed)
+async def _keys_claimed(conn: asyncpg.Connection, e: KeysClaimed, seq: int) -> None:
+    await conn.execute(Q["keys_claimed"], e.org_id, e.app_version_id, e.target, seq)
 
 
 @handles(TokenCreated)

@@ -18,12 +18,12 @@ from eventstore import EventStore, Recorded
 from projections.projector import apply_batch, checkpoint
 from projections.schema import check_schema_name, migrate
 
-TABLES: dict[str, str] = {
-    "jobs": "job_id",
-    "dedup_keys": "key",
-    "agents": "agent_id",
-    "batches": "batch_id",
-    "tokens": "token_id",
+TABLES: dict[str, tuple[str, ...]] = {
+    "jobs": ("job_id",),
+    "claim_groups": ("org_id", "app_version_id", "target"),
+    "agents": ("agent_id",),
+    "batches": ("batch_id",),
+    "tokens": ("token_id",),
 }
 
 
@@ -63,9 +63,9 @@ async def rebuild(store: EventStore, dsn: str, schema: str, *, until_seq: int | 
         await conn.close()
 
 
-async def _rows(conn: asyncpg.Connection, schema: str, table: str, key: str) -> dict[str, dict[str, Any]]:
+async def _rows(conn: asyncpg.Connection, schema: str, table: str, key: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     rows = await conn.fetch(f'SELECT * FROM "{schema}".{table}')
-    return {str(r[key]): dict(r) for r in rows}
+    return {"/".join(str(r[k]) for k in key): dict(r) for r in rows}
 
 
 async def compare(dsn: str, live: str, rebuilt: str, upto: int) -> list[Difference]:

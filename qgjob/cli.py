@@ -398,6 +398,7 @@ def serve(
 ) -> None:
     """Run one service in this process (production deployments)."""
     from qgjob.services import ApiService, ProjectorService, SchedulerRunner, run_until_signalled
+    from qgjob.services import run as run_services
 
     _configure_logging(log_level, log_format)
     s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)
@@ -426,7 +427,7 @@ def serve(
         )
         return
     try:
-        asyncio.run(run_until_signalled([services[service]()]))
+        run_services(run_until_signalled([services[service]()]))
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
     except OSError as exc:
@@ -453,6 +454,7 @@ def agent(
 
     from agents.runners import SimulateRunner
     from qgjob.services import AgentRunner, run_until_signalled
+    from qgjob.services import run as run_services
 
     _configure_logging(log_level, log_format)
     if target not in settings_mod.TARGETS:
@@ -472,7 +474,7 @@ def agent(
         _fail(str(exc), EXIT_USAGE)
     agent_id = name or f"{target}-{socket.gethostname()}-{os.getpid()}"
     try:
-        asyncio.run(run_until_signalled([AgentRunner(s, agent_id=agent_id, target=target, runner=sim, slots=slots)]))
+        run_services(run_until_signalled([AgentRunner(s, agent_id=agent_id, target=target, runner=sim, slots=slots)]))
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
 

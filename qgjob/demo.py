@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qgjob.client import Client
+from qgjob.services import run as run_services
 from qgjob.services import run_until_signalled
 from qgjob.stack.embedded import EmbeddedStack, StackOptions
 from qgjob.watch import wait
@@ -72,7 +73,7 @@ def run_demo(data_dir: Path | None = None, *, test_seconds: float = 0.3, install
                 raise _Done()
 
             try:
-                asyncio.run(run_until_signalled(services, on_ready=drive))
+                run_services(run_until_signalled(services, on_ready=drive))
             except _Done:
                 pass
             return outcome.get("code", 3)

@@ -11,7 +11,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
@@ -26,6 +26,7 @@ from scheduler import policy
 from scheduler.service import SchedulerService
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Service(Protocol):
@@ -139,6 +140,15 @@ class AgentRunner:
         self._stopped = True
         if self.agent is not None:
             self.agent.stop()
+
+
+def run(main: Awaitable[T]) -> T:
+    """Run a service coroutine on uvloop where it is installed, else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(main)  # type: ignore[arg-type]
+    return uvloop.run(main)  # type: ignore[no-any-return]
 
 
 async def run_until_signalled(services: list[Any], *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:

@@ -83,13 +83,9 @@ ON CONFLICT (agent_id) DO UPDATE SET target = EXCLUDED.target, slots = EXCLUDED.
 -- name: agent_state
 UPDATE agents SET state = $2, current_batch = NULL, updated_at = $3, last_seq = $4 WHERE agent_id = $1;
 
--- name: dedup_claimed
-INSERT INTO dedup_keys (key, org_id, job_id, active, seq, last_seq) VALUES ($1, $2, $3, true, $4, $4)
-ON CONFLICT (key) DO UPDATE SET job_id = EXCLUDED.job_id, active = true, seq = EXCLUDED.seq,
-    last_seq = EXCLUDED.last_seq;
-
--- name: dedup_released
-UPDATE dedup_keys SET active = false, seq = $2, last_seq = $2 WHERE key = $1;
+-- name: keys_claimed
+INSERT INTO claim_groups (org_id, app_version_id, target, seq, last_seq) VALUES ($1, $2, $3, $4, $4)
+ON CONFLICT (org_id, app_version_id, target) DO UPDATE SET seq = EXCLUDED.seq, last_seq = EXCLUDED.last_seq;
 
 -- name: token_created
 INSERT INTO tokens (token_id, org_id, admin, sha256, created_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6)
@@ -101,10 +97,13 @@ SELECT token_id, org_id, admin FROM tokens WHERE sha256 = $1;
 -- name: job_get
 SELECT * FROM jobs WHERE job_id = $1 AND ($2::text IS NULL OR org_id = $2);
 
--- name: dedup_lookup
-SELECT d.key, d.job_id, d.active, d.seq, j.status
-FROM dedup_keys d LEFT JOIN jobs j ON j.job_id = d.job_id
-WHERE d.key = ANY($1::text[]);
+-- name: active_keys
+SELECT dedup_key, job_id, status, org_id, app_version_id, target FROM jobs
+WHERE dedup_key = ANY($1::text[]) AND status NOT IN ('passed', 'failed', 'cancelled', 'error');
+
+-- name: claim_seqs
+SELECT org_id, app_version_id, target, seq FROM claim_groups
+WHERE org_id = ANY($1::text[]) AND app_version_id = ANY($2::text[]) AND target = ANY($3::text[]);
 
 -- name: run_counts
 SELECT status, count(*) AS n, bool_or(flaky) AS any_flaky, sum(CASE WHEN flaky THEN 1 ELSE 0 END) AS flaky

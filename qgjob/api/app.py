@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from eventstore import Append, ConcurrencyConflict, EventStore, QgjobError
-from eventstore.events import DedupReleased, JobCancelled, is_terminal
+from eventstore import ConcurrencyConflict, EventStore, QgjobError
+from eventstore.events import JobCancelled, is_terminal
 from projections import queries as read
 from projections.projector import checkpoint
 from projections.schema import connect_pool, migrate
@@ -269,15 +269,12 @@ class Api:
             if is_terminal(last.event):
                 name = type(last.event).__name__
                 return {"JobPassed": "passed", "JobFailed": "failed", "JobCancelled": "cancelled", "JobErrored": "error"}[name]
-            appends = [Append(subject, JobCancelled(job_id=row["job_id"], reason=reason, dedup_key=row["dedup_key"]), last.seq)]
-            appends.append(
-                Append(
-                    self.es.subjects.dedup(row["org_id"], row["dedup_key"]),
-                    DedupReleased(key=row["dedup_key"], job_id=row["job_id"]),
-                )
-            )
             try:
-                await self.es.append_many(appends)
+                await self.es.append(
+                    subject,
+                    JobCancelled(job_id=row["job_id"], reason=reason, dedup_key=row["dedup_key"]),
+                    expected=last.seq,
+                )
                 return None
             except ConcurrencyConflict:
                 continue

@@ -1,9 +1,13 @@
 """Submitting jobs: dedup, idempotency and one atomic append.
 
-A dedup key (org, app_version_id, test, target) is claimed on its own subject
-in the same atomic batch as the job, fenced by that subject's last sequence, so
-two racing submissions of the same test cannot both win. The projection gives
-the fast path; a conflict falls back to reading the key subjects directly.
+A job's dedup key is (org, app_version_id, test, target); a key is taken while
+a job holding it is not finished. The projection answers which keys are taken.
+Each submission appends its new jobs and then, last in the same atomic batch,
+one KeysClaimed per (org, app version, target), fenced by that claim subject's
+last sequence as the projection knew it. So if another submission of the group
+landed after the projection was read, the append is refused; the submitter
+waits for the projection to catch up and decides again. Two racing
+submissions of the same test cannot both win.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Any
 import asyncpg
 
 from eventstore import Append, ConcurrencyConflict, EventStore
-from eventstore.events import DedupClaimed, JobSubmitted, SubmissionRecorded
+from eventstore.events import JobSubmitted, KeysClaimed, SubmissionRecorded, is_terminal
 from eventstore.ids import new_id
 from projections.schema import queries
-from qgjob.api.errors import Unavailable
+from projections.projector import checkpoint
+from qgjob.api.errors import BodyTooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 Q = queries()
@@ -49,10 +54,15 @@ class Item:
     status: str = "queued"
 
 
+Group = tuple[str, str, str]  # (org_id, app_version_id, target)
+
+
 @dataclass(slots=True)
-class KeyState:
-    seq: int  # last sequence on the key's subject (0: never claimed)
-    active_job: str | None
+class Taken:
+    """A dedup key held by an unfinished job."""
+
+    job_id: str
+    status: str
 
 
 class Submitter:
@@ -140,46 +150,51 @@ class Submitter:
                     future.set_result(item)
 
     async def _commit(self, items: list[Item], record: Callable[[], Append | None]) -> None:
-        """Mark duplicates and append the rest atomically, retrying conflicts
-        with the key states read straight from the store."""
-        keys = await self._keys_from_projection({i.key: i.job["org_id"] for i in items})
+        """Mark duplicates and append the rest atomically; on a fence conflict
+        wait for the projection and decide again."""
         for attempt in range(ATTEMPTS):
-            self._mark_duplicates(items, keys)
-            appends = self._appends([i for i in items if i.duplicate_of is None], keys)
+            taken, fences = await self._dedup_state(items)
+            for item in items:
+                item.duplicate_of = None
+                item.status = "queued"
+            self._mark_duplicates(items, taken)
+            appends = self._appends([i for i in items if i.duplicate_of is None], fences)
             extra = record()
             if extra is not None:
                 appends.append(extra)
             if not appends:
                 break
+            if len(appends) > self.atomic_batch_max:
+                raise BodyTooLarge(
+                    f"jobs: {len(appends)} events in one request; this event store takes at most "
+                    f"{self.atomic_batch_max} in one atomic batch: split the request"
+                )
             try:
-                for start in range(0, len(appends), self.atomic_batch_max):
-                    await self.store.append_many(appends[start : start + self.atomic_batch_max])
+                await self.store.append_many(appends)
                 break
             except ConcurrencyConflict:
                 if attempt == ATTEMPTS - 1:
                     raise
-                keys = await self._keys_from_store({i.key: i.job["org_id"] for i in items})
-                for item in items:
-                    item.duplicate_of = None
-                    item.status = "queued"
-        await self._fill_duplicate_status(items)
+                await self._projection_caught_up()
 
-    def _mark_duplicates(self, items: list[Item], keys: dict[str, KeyState]) -> None:
+    def _mark_duplicates(self, items: list[Item], taken: dict[str, Taken]) -> None:
         first: dict[str, Item] = {}
         for item in items:
-            state = keys.get(item.key)
-            if state is not None and state.active_job is not None:
-                item.duplicate_of = state.active_job
+            holder = taken.get(item.key)
+            if holder is not None:
+                item.duplicate_of = holder.job_id
+                item.status = holder.status
             elif item.key in first:
                 item.duplicate_of = first[item.key].job_id
             else:
                 first[item.key] = item
 
-    def _appends(self, fresh: list[Item], keys: dict[str, KeyState]) -> list[Append]:
+    def _appends(self, fresh: list[Item], fences: dict[Group, int]) -> list[Append]:
+        """The new jobs, then one fenced KeysClaimed per group, last."""
         out = []
+        claims: dict[Group, list[Item]] = {}
         for item in fresh:
             job = item.job
-            state = keys.get(item.key)
             out.append(
                 Append(
                     self.store.subjects.job(job["app_version_id"], job["target"], job["org_id"], item.job_id),
@@ -199,48 +214,56 @@ class Submitter:
                     0,
                 )
             )
+            claims.setdefault((job["org_id"], job["app_version_id"], job["target"]), []).append(item)
+        for group, members in claims.items():
             out.append(
                 Append(
-                    self.store.subjects.dedup(job["org_id"], item.key),
-                    DedupClaimed(key=item.key, job_id=item.job_id, org_id=job["org_id"]),
-                    state.seq if state is not None else 0,
+                    self.store.subjects.claims(*group),
+                    KeysClaimed(
+                        org_id=group[0],
+                        app_version_id=group[1],
+                        target=group[2],
+                        keys=[i.key for i in members],
+                        job_ids=[i.job_id for i in members],
+                    ),
+                    fences.get(group, 0),
                 )
             )
         return out
 
-    async def _keys_from_projection(self, keys: dict[str, str]) -> dict[str, KeyState]:
-        """Key states as projected; active claims are confirmed in the store."""
-        rows = await self.pool.fetch(Q["dedup_lookup"], list(keys))
-        out: dict[str, KeyState] = {}
-        to_confirm: dict[str, str] = {}
-        for row in rows:
-            if row["active"]:
-                to_confirm[row["key"]] = keys[row["key"]]
-            else:
-                out[row["key"]] = KeyState(seq=row["seq"], active_job=None)
-        if to_confirm:
-            out.update(await self._keys_from_store(to_confirm))
-        return out
+    async def _dedup_state(self, items: list[Item]) -> tuple[dict[str, Taken], dict[Group, int]]:
+        """Taken keys and claim fences, from one snapshot of the projection.
 
-    async def _keys_from_store(self, keys: dict[str, str]) -> dict[str, KeyState]:
-        """Key states read straight from their subjects."""
+        A key the projection shows taken is checked against the job's own
+        subject, so a job that just finished does not block its re-run.
+        """
+        groups = {(i.job["org_id"], i.job["app_version_id"], i.job["target"]) for i in items}
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            fence_rows = await conn.fetch(
+                Q["claim_seqs"], [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]
+            )
+            taken_rows = await conn.fetch(Q["active_keys"], list({i.key for i in items}))
+        fences = {
+            (r["org_id"], r["app_version_id"], r["target"]): int(r["seq"])
+            for r in fence_rows
+            if (r["org_id"], r["app_version_id"], r["target"]) in groups
+        }
+        taken: dict[str, Taken] = {}
+        for row in taken_rows:
+            subject = self.store.subjects.job(row["app_version_id"], row["target"], row["org_id"], row["job_id"])
+            last = await self.store.last(subject)
+            if last is not None and is_terminal(last.event):
+                continue
+            taken[row["dedup_key"]] = Taken(job_id=row["job_id"], status=row["status"])
+        return taken, fences
 
-        async def one(key: str, org_id: str) -> tuple[str, KeyState]:
-            last = await self.store.last(self.store.subjects.dedup(org_id, key))
-            if last is None:
-                return key, KeyState(0, None)
-            event = last.event
-            active = event.job_id if isinstance(event, DedupClaimed) else None
-            return key, KeyState(last.seq, active)
-
-        sem = asyncio.Semaphore(256)
-
-        async def bounded(key: str, org_id: str) -> tuple[str, KeyState]:
-            async with sem:
-                return await one(key, org_id)
-
-        pairs = await asyncio.gather(*(bounded(k, o) for k, o in keys.items()))
-        return dict(pairs)
+    async def _projection_caught_up(self, timeout: float = 5.0) -> None:
+        target = await self.store.last_seq()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await checkpoint(self.pool) < target:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable("the projections are lagging; retry the submission")
+            await asyncio.sleep(0.005)
 
     async def _earlier_answer(self, subject: str, jobs: list[dict[str, Any]]) -> tuple[str, list[Item]] | None:
         last = await self.store.last(subject)
@@ -256,15 +279,12 @@ class Submitter:
             if answer.duplicate[n]:
                 item.duplicate_of = answer.job_ids[n]
             items.append(item)
-        await self._fill_duplicate_status(items)
+        await self._fill_status(items)
         return answer.run_id, items
 
-    async def _fill_duplicate_status(self, items: list[Item]) -> None:
-        dups = {i.duplicate_of for i in items if i.duplicate_of}
-        if not dups:
-            return
-        rows = await self.pool.fetch("SELECT job_id, status FROM jobs WHERE job_id = ANY($1::text[])", list(dups))
+    async def _fill_status(self, items: list[Item]) -> None:
+        ids = {i.duplicate_of or i.job_id for i in items}
+        rows = await self.pool.fetch("SELECT job_id, status FROM jobs WHERE job_id = ANY($1::text[])", list(ids))
         status = {r["job_id"]: r["status"] for r in rows}
         for item in items:
-            if item.duplicate_of:
-                item.status = status.get(item.duplicate_of, "queued")
+            item.status = status.get(item.duplicate_of or item.job_id, item.status)

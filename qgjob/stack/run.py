@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from qgjob.services import run as run_services
 from qgjob.services import run_until_signalled
 from qgjob.settings import CREDENTIALS_FILE
 from qgjob.stack.embedded import EmbeddedStack, StackOptions
@@ -53,7 +54,7 @@ def up(
                 print(f"  agents:        {agents} simulated per target")
                 print("Press Ctrl-C to stop.", flush=True)
 
-            asyncio.run(run_until_signalled(services, on_ready=announce))
+            run_services(run_until_signalled(services, on_ready=announce))
             print("qgjob stopped; data kept in", stack.data_dir, flush=True)
         finally:
             stack.stop_servers()

@@ -9,8 +9,6 @@ from eventstore.events import (
     BatchAssigned,
     BatchFinished,
     BatchJob,
-    DedupClaimed,
-    DedupReleased,
     JobAssigned,
     JobCancelled,
     JobFailed,
@@ -18,6 +16,7 @@ from eventstore.events import (
     JobRetryScheduled,
     JobStarted,
     JobSubmitted,
+    KeysClaimed,
 )
 
 
@@ -46,16 +45,16 @@ async def write_history(store: EventStore, jobs: int, *, batch_size: int = 50) -
                     0,
                 )
             )
-            appends.append(Append(s.dedup("acme", key), DedupClaimed(key=key, job_id=job_id, org_id="acme")))
+        claim = KeysClaimed(org_id="acme", app_version_id=app, target=target, keys=[f"key-{j}" for j in ids], job_ids=ids)
+        appends.append(Append(s.claims("acme", app, target), claim))
         last = await store.append_many(appends)
         for n, job_id in enumerate(ids):
-            seqs[job_id] = last - len(appends) + 1 + 2 * n
+            seqs[job_id] = last - len(appends) + 1 + n
         cancelled = [j for j in ids if int(j[4:]) % 13 == 0]
         for job_id in cancelled:
-            seqs[job_id] = await store.append_many(
-                [Append(s.job(app, target, "acme", job_id), JobCancelled(job_id=job_id, dedup_key=f"key-{job_id}"), seqs[job_id]),
-                 Append(s.dedup("acme", f"key-{job_id}"), DedupReleased(key=f"key-{job_id}", job_id=job_id))]
-            ) - 1
+            seqs[job_id] = await store.append(
+                s.job(app, target, "acme", job_id), JobCancelled(job_id=job_id, dedup_key=f"key-{job_id}"), expected=seqs[job_id]
+            )
             expected["cancelled"] += 1
         runnable = [j for j in ids if j not in cancelled]
         batch_id = f"bat-{group}"
@@ -71,7 +70,6 @@ async def write_history(store: EventStore, jobs: int, *, batch_size: int = 50) -
             subject = s.job(app, target, "acme", j)
             n = int(j[4:])
             seq = await store.append(subject, JobStarted(job_id=j, batch_id=batch_id, agent_id=agent, attempt=1), expected=seqs[j])
-            release = Append(s.dedup("acme", f"key-{j}"), DedupReleased(key=f"key-{j}", job_id=j))
             if n % 11 == 0 or n % 7 == 0:
                 final = n % 11 == 0
                 seq = await store.append(subject, JobFailed(job_id=j, batch_id=batch_id, agent_id=agent, attempt=1, duration_ms=10, error="boom", final=False), expected=seq)
@@ -86,7 +84,7 @@ async def write_history(store: EventStore, jobs: int, *, batch_size: int = 50) -
             else:
                 result = JobPassed(job_id=j, batch_id=batch_id, agent_id=agent, attempt=1, duration_ms=12)
                 expected["passed"] += 1
-            await store.append_many([Append(subject, result, seq), release])
+            await store.append(subject, result, expected=seq)
         await store.append(s.batch(app, target, batch_id), BatchFinished(batch_id=batch_id, agent_id=agent))
     return expected
 

@@ -129,7 +129,7 @@ async def test_migrations_from_zero_match_the_schema(database_url: str) -> None:
         assert await migrate(conn, "mig_a") == [1]
         assert await migrate(conn, "mig_a") == []  # idempotent
         tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'mig_a'")}
-        assert {"jobs", "dedup_keys", "agents", "batches", "tokens", "checkpoints", "schema_migrations"} <= tables
+        assert {"jobs", "claim_groups", "agents", "batches", "tokens", "checkpoints", "schema_migrations"} <= tables
         await conn.execute('SET search_path TO "mig_a"')
         for name, sql in queries().items():
             if "$" not in sql:

@@ -24,9 +24,8 @@ from eventstore.events import (
     BatchAssigned,
     BatchFinished,
     BatchJob,
-    DedupClaimed,
-    DedupReleased,
     Event,
+    KeysClaimed,
     JobAssigned,
     JobCancelled,
     JobErrored,
@@ -111,8 +110,9 @@ SAMPLES: dict[str, Event] = {
     ),
     "AgentStopped": AgentStopped(agent_id="agt_1", at=AT),
     "AgentLost": AgentLost(agent_id="agt_1", reason="no heartbeat for 30s", at=AT),
-    "DedupClaimed": DedupClaimed(key="ab" * 16, job_id="job_a", org_id="acme", at=AT),
-    "DedupReleased": DedupReleased(key="ab" * 16, job_id="job_a", at=AT),
+    "KeysClaimed": KeysClaimed(
+        org_id="acme", app_version_id="2.4.0", target="device", keys=["ab" * 16, "cd" * 16], job_ids=["job_a", "job_b"], at=AT
+    ),
     "SubmissionRecorded": SubmissionRecorded(
         key="idem-1",
         org_id="acme",

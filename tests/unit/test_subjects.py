@@ -190,7 +190,7 @@ def test_subject_builders_use_encoded_tokens() -> None:
     assert s.batches() == "qgjob.batch.*.*.*"
     assert s.batches("device") == "qgjob.batch.*.device.*"
     assert s.agent("browserstack", "agent 1") == "qgjob.agent.browserstack.agent%201"
-    assert s.dedup("acme", "k1") == "qgjob.dedup.acme.k1"
+    assert s.claims("acme", "v1.2.3", "device") == "qgjob.claim.acme.v1%2E2%2E3.device"
     assert s.idempotency("acme", "k1") == "qgjob.idem.acme.k1"
     assert s.token("tok_1") == "qgjob.token.tok_1"
 

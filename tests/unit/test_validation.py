@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qgjob.api.errors import ApiError, InvalidJson, ValidationFailed
-from qgjob.api.submit import Item, KeyState, Submitter, dedup_key, idempotency_key
+from qgjob.api.submit import Item, Submitter, Taken, dedup_key, idempotency_key
 from qgjob.api.validation import parse_jobs
 
 MAX_JOBS = 5
@@ -483,17 +483,11 @@ def test_fresh_keys_are_not_duplicates() -> None:
 
 def test_active_key_marks_a_duplicate_of_the_existing_job() -> None:
     items = _items("a", "b")
-    keys = {items[0].key: KeyState(seq=12, active_job="job_existing")}
+    keys = {items[0].key: Taken(job_id="job_existing", status="running")}
     _submitter()._mark_duplicates(items, keys)
     assert items[0].duplicate_of == "job_existing"
+    assert items[0].status == "running"
     assert items[1].duplicate_of is None
-
-
-def test_released_key_is_not_a_duplicate() -> None:
-    items = _items("a")
-    keys = {items[0].key: KeyState(seq=12, active_job=None)}
-    _submitter()._mark_duplicates(items, keys)
-    assert items[0].duplicate_of is None
 
 
 def test_same_test_twice_in_one_request_is_a_duplicate_of_the_first() -> None:
@@ -504,7 +498,7 @@ def test_same_test_twice_in_one_request_is_a_duplicate_of_the_first() -> None:
 
 def test_same_test_twice_with_an_active_key_points_both_at_the_existing_job() -> None:
     items = _items("a", "a")
-    keys = {items[0].key: KeyState(seq=3, active_job="job_old")}
+    keys = {items[0].key: Taken(job_id="job_old", status="queued")}
     _submitter()._mark_duplicates(items, keys)
     assert [i.duplicate_of for i in items] == ["job_old", "job_old"]
 
@@ -518,10 +512,10 @@ def test_same_test_in_another_org_is_not_a_duplicate() -> None:
     assert [i.duplicate_of for i in items] == [None, None]
 
 
-def test_appends_claim_each_fresh_key_fenced_by_its_sequence() -> None:
-    """The job and its dedup claim are appended together; the claim is fenced
-    by the key subject's last sequence so a racing submit loses."""
-    from eventstore.events import DedupClaimed, JobSubmitted
+def test_appends_put_one_fenced_claim_per_group_last() -> None:
+    """New jobs first, then one KeysClaimed per (org, app version, target),
+    fenced by the claim subject's last sequence, so a racing submit loses."""
+    from eventstore.events import JobSubmitted, KeysClaimed
     from eventstore.subjects import Subjects
 
     class _Store:
@@ -529,17 +523,21 @@ def test_appends_claim_each_fresh_key_fenced_by_its_sequence() -> None:
 
     submitter = _submitter()
     submitter.store = _Store()  # type: ignore[assignment]
-    items = _items("a", "b")
+    items = _items("a", "b") + _items("c", org="other")
+    items[2].job_id = "job_9"
     for item in items:
         item.job.update(priority=5, max_retries=3, run_id="run_1", labels={}, timeout_s=None)
-    keys = {items[1].key: KeyState(seq=41, active_job=None)}
-    appends = submitter._appends(items, keys)
-    assert len(appends) == 4
-    job_a, claim_a, job_b, claim_b = appends
+    fences = {("acme", "v1.2.3", "emulator"): 41}
+    appends = submitter._appends(items, fences)
+    assert len(appends) == 5
+    job_a, job_b, job_c, claim_acme, claim_other = appends
     assert isinstance(job_a.event, JobSubmitted) and job_a.event.job_id == "job_0"
-    assert job_a.event.dedup_key == items[0].key
-    assert isinstance(claim_a.event, DedupClaimed) and claim_a.event.job_id == "job_0"
-    assert claim_a.subject == Subjects("qgjob").dedup("acme", items[0].key)
+    assert job_a.event.dedup_key == items[0].key and job_a.expected == 0
     assert job_b.subject == Subjects("qgjob").job("v1.2.3", "emulator", "acme", "job_1")
-    assert claim_a.expected == 0  # never claimed
-    assert claim_b.expected == 41
+    assert isinstance(claim_acme.event, KeysClaimed)
+    assert claim_acme.event.keys == [items[0].key, items[1].key]
+    assert claim_acme.event.job_ids == ["job_0", "job_1"]
+    assert claim_acme.subject == Subjects("qgjob").claims("acme", "v1.2.3", "emulator")
+    assert claim_acme.expected == 41
+    assert claim_other.expected == 0  # never claimed
+    assert claim_other.event.job_ids == ["job_9"]  # type: ignore[attr-defined]

@@ -31,13 +31,19 @@ CREATE INDEX jobs_org_status ON jobs (org_id, status, job_id);
 CREATE INDEX jobs_run ON jobs (run_id, job_id);
 CREATE INDEX jobs_status ON jobs (status);
 
-CREATE TABLE dedup_keys (
-    key         text PRIMARY KEY,
-    org_id      text NOT NULL,
-    job_id      text NOT NULL,
-    active      boolean NOT NULL,
-    seq         bigint NOT NULL,
-    last_seq    bigint NOT NULL
+-- Jobs that hold their dedup key: every job not yet finished.
+CREATE INDEX jobs_active_key ON jobs (dedup_key)
+    WHERE status NOT IN ('passed', 'failed', 'cancelled', 'error');
+
+-- The last KeysClaimed sequence per (org, app version, target): the fence
+-- a submission appends against.
+CREATE TABLE claim_groups (
+    org_id          text NOT NULL,
+    app_version_id  text NOT NULL,
+    target          text NOT NULL,
+    seq             bigint NOT NULL,
+    last_seq        bigint NOT NULL,
+    PRIMARY KEY (org_id, app_version_id, target)
 );
 
 CREATE TABLE agents (
