@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -65,12 +65,21 @@ class Taken:
     status: str
 
 
+@dataclass(slots=True)
+class _Recent:
+    """Claims this process appended that the projection may not show yet."""
+
+    seq: int = 0
+    keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
 class Submitter:
     def __init__(self, store: EventStore, pool: asyncpg.Pool, *, atomic_batch_max: int = 20_000) -> None:
         self.store = store
         self.pool = pool
         self.atomic_batch_max = atomic_batch_max
         self._pending: list[tuple[Item, asyncio.Future[Item]]] = []
+        self._recent: dict[Group, _Recent] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, jobs: list[dict[str, Any]], *, idempotency: str | None = None) -> tuple[str, list[Item]]:
@@ -158,10 +167,11 @@ class Submitter:
                 item.duplicate_of = None
                 item.status = "queued"
             self._mark_duplicates(items, taken)
-            appends = self._appends([i for i in items if i.duplicate_of is None], fences)
+            fresh = [i for i in items if i.duplicate_of is None]
+            appends = self._appends(fresh, fences)
             extra = record()
             if extra is not None:
-                appends.append(extra)
+                appends.insert(len(fresh), extra)  # claims stay last
             if not appends:
                 break
             if len(appends) > self.atomic_batch_max:
@@ -170,12 +180,36 @@ class Submitter:
                     f"{self.atomic_batch_max} in one atomic batch: split the request"
                 )
             try:
-                await self.store.append_many(appends)
-                break
+                last = await self.store.append_many(appends)
             except ConcurrencyConflict:
+                self._recent.clear()
                 if attempt == ATTEMPTS - 1:
                     raise
                 await self._projection_caught_up()
+                continue
+            self._remember(appends, last)
+            break
+
+    def _remember(self, appends: list[Append], last: int) -> None:
+        """Keep the claims just appended until the projection has them.
+
+        The events of an atomic batch get consecutive sequences and the claims
+        come last, so the n-th claim from the end has ``last - n``. While this
+        process is the only one appending claims of a group, the next
+        submission fences on that sequence and sees these keys as taken
+        without waiting for the projector; if another process appended
+        meanwhile, its fence fails and the projection is awaited instead.
+        """
+        claims = [a for a in appends if isinstance(a.event, KeysClaimed)]
+        for n, append in enumerate(reversed(claims)):
+            event = append.event
+            if not isinstance(event, KeysClaimed):
+                continue
+            group = (event.org_id, event.app_version_id, event.target)
+            recent = self._recent.setdefault(group, _Recent())
+            recent.seq = last - n
+            for key, job_id in zip(event.keys, event.job_ids, strict=True):
+                recent.keys[key] = (job_id, last - n)
 
     def _mark_duplicates(self, items: list[Item], taken: dict[str, Taken]) -> None:
         first: dict[str, Item] = {}
@@ -248,13 +282,31 @@ class Submitter:
             for r in fence_rows
             if (r["org_id"], r["app_version_id"], r["target"]) in groups
         }
+        candidates = [
+            (row["dedup_key"], row["job_id"], row["status"], (row["org_id"], row["app_version_id"], row["target"]))
+            for row in taken_rows
+        ]
+        wanted = {i.key for i in items}
+        for group in groups:
+            recent = self._recent.get(group)
+            if recent is None:
+                continue
+            projected = fences.get(group, 0)
+            if recent.seq <= projected:
+                del self._recent[group]  # the projection has caught up with this process
+                continue
+            fences[group] = recent.seq
+            for key, (job_id, seq) in list(recent.keys.items()):
+                if seq <= projected:
+                    del recent.keys[key]
+                elif key in wanted:
+                    candidates.append((key, job_id, "queued", group))
         taken: dict[str, Taken] = {}
-        for row in taken_rows:
-            subject = self.store.subjects.job(row["app_version_id"], row["target"], row["org_id"], row["job_id"])
-            last = await self.store.last(subject)
+        for key, job_id, status, (org_id, app_version_id, target) in candidates:
+            last = await self.store.last(self.store.subjects.job(app_version_id, target, org_id, job_id))
             if last is not None and is_terminal(last.event):
                 continue
-            taken[row["dedup_key"]] = Taken(job_id=row["job_id"], status=row["status"])
+            taken[key] = Taken(job_id=job_id, status=status)
         return taken, fences
 
     async def _projection_caught_up(self, timeout: float = 5.0) -> None:
