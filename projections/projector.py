@@ -20,7 +20,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventstore import EventStore, QgjobError, Recorded
-from projections.apply import apply
+from projections.apply import apply_many
 from projections.schema import queries
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,15 @@ async def apply_batch(conn: asyncpg.Connection, records: Sequence[Recorded], *, 
         done = await conn.fetchval(Q["checkpoint_lock"], PROJECTION)
         done = int(done or 0)
         top = done
+        todo = []
         for rec in records:
             if rec.seq <= top:
                 continue
             if rec.seq != top + 1 and top + 1 >= first_seq:
                 raise ProjectionGap(f"expected event {top + 1}, got {rec.seq}")
-            await apply(conn, rec)
+            todo.append(rec)
             top = rec.seq
+        await apply_many(conn, todo)
         if top > done:
             await conn.execute(Q["checkpoint_set"], PROJECTION, top)
     return top

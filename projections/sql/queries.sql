@@ -101,6 +101,20 @@ SELECT * FROM jobs WHERE job_id = $1 AND ($2::text IS NULL OR org_id = $2);
 SELECT dedup_key, job_id, status, org_id, app_version_id, target FROM jobs
 WHERE dedup_key = ANY($1::text[]) AND status NOT IN ('passed', 'failed', 'cancelled', 'error');
 
+-- name: dedup_state
+-- One statement, so one snapshot: claim fences and the keys held by unfinished jobs.
+SELECT 'fence' AS kind, org_id, app_version_id, target, seq, NULL::text AS dedup_key,
+       NULL::text AS job_id, NULL::text AS status
+FROM claim_groups
+WHERE org_id = ANY($1::text[]) AND app_version_id = ANY($2::text[]) AND target = ANY($3::text[])
+UNION ALL
+SELECT 'taken', j.org_id, j.app_version_id, j.target, NULL, j.dedup_key, j.job_id, j.status
+FROM unnest($4::text[]) AS k(key)
+CROSS JOIN LATERAL (
+    SELECT * FROM jobs WHERE dedup_key = k.key AND status NOT IN ('passed', 'failed', 'cancelled', 'error')
+    LIMIT 1  -- at most one unfinished job holds a key; also keeps this a per-key index probe
+) AS j;
+
 -- name: claim_seqs
 SELECT org_id, app_version_id, target, seq FROM claim_groups
 WHERE org_id = ANY($1::text[]) AND app_version_id = ANY($2::text[]) AND target = ANY($3::text[]);

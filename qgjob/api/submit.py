@@ -272,11 +272,15 @@ class Submitter:
         subject, so a job that just finished does not block its re-run.
         """
         groups = {(i.job["org_id"], i.job["app_version_id"], i.job["target"]) for i in items}
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            fence_rows = await conn.fetch(
-                Q["claim_seqs"], [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]
-            )
-            taken_rows = await conn.fetch(Q["active_keys"], list({i.key for i in items}))
+        rows = await self.pool.fetch(
+            Q["dedup_state"],
+            [g[0] for g in groups],
+            [g[1] for g in groups],
+            [g[2] for g in groups],
+            list({i.key for i in items}),
+        )
+        fence_rows = [r for r in rows if r["kind"] == "fence"]
+        taken_rows = [r for r in rows if r["kind"] == "taken"]
         fences = {
             (r["org_id"], r["app_version_id"], r["target"]): int(r["seq"])
             for r in fence_rows
