@@ -71,15 +71,20 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[int]:
     return applied
 
 
-async def connect_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections use ``schema`` as their search path."""
+async def connect_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, name: str = "qgjob", synchronous: bool = True
+) -> asyncpg.Pool:
+    """A pool whose connections use ``schema`` as their search path.
+
+    ``synchronous=False`` lets commits return before the WAL is flushed; the
+    projector uses it because everything it writes is derived from the stream
+    and its checkpoint rolls back with its rows, so a crash only replays events.
+    """
     check_schema_name(schema)
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        server_settings={"search_path": schema, "application_name": "qgjob"},
-    )
+    settings = {"search_path": schema, "application_name": name}
+    if not synchronous:
+        settings["synchronous_commit"] = "off"
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, server_settings=settings)
     if pool is None:  # pragma: no cover - asyncpg returns a pool or raises
         raise RuntimeError("no pool")
     return pool

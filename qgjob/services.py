@@ -75,7 +75,9 @@ class ProjectorService:
 
     async def run(self) -> None:
         store = await open_store(self.settings, "qgjob-projector")
-        pool = await connect_pool(self.settings.database_url, self.settings.schema, max_size=2)
+        pool = await connect_pool(
+            self.settings.database_url, self.settings.schema, max_size=2, name="qgjob-projector", synchronous=False
+        )
         try:
             async with pool.acquire() as conn:
                 await migrate(conn, self.settings.schema)
