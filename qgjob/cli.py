@@ -349,6 +349,7 @@ def up(
     test_seconds: Annotated[float, typer.Option("--test-seconds", help="How long a simulated test takes.")] = 0.5,
     install_seconds: Annotated[float, typer.Option("--install-seconds", help="How long a simulated install takes.")] = 2.0,
     simulate_file: Annotated[Path | None, typer.Option("--simulate-file", help="JSON durations and outcomes per test.")] = None,
+    org_id: Annotated[list[str] | None, typer.Option("--org-id", help="Also create a token for this org; repeat for several.")] = None,
     log_level: LogLevelOpt = "warning",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -366,6 +367,7 @@ def up(
             test_seconds=test_seconds,
             install_seconds=install_seconds,
             simulate_file=simulate_file,
+            orgs=tuple(org_id or ()),
         )
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)

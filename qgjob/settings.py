@@ -27,6 +27,7 @@ class Credentials(msgspec.Struct, kw_only=True):
     prefix: str = "qgjob"
     schema: str = "qgjob"
     pid: int | None = None
+    org_tokens: dict[str, str] = {}
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:

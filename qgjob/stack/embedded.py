@@ -47,6 +47,7 @@ class StackOptions:
     install_seconds: float = 2.0
     simulate_file: Path | None = None
     durable: bool = True
+    orgs: tuple[str, ...] = ()
 
 
 def _port_free(port: int) -> bool:
@@ -147,9 +148,16 @@ class EmbeddedStack:
             finally:
                 await pool.close()
             earlier = read_credentials(self.data_dir)
-            token = earlier.admin_token if earlier is not None and await _token_known(store, earlier.admin_token) else None
+            known = await _known_token_hashes(store)
+            token = earlier.admin_token if earlier is not None and hash_token(earlier.admin_token) in known else None
             if token is None:
                 token, _ = await create_token(store, org_id=None, admin=True)
+            org_tokens: dict[str, str] = {}
+            for org_id in self.options.orgs:
+                kept = (earlier.org_tokens if earlier is not None else {}).get(org_id)
+                if kept is None or hash_token(kept) not in known:
+                    kept, _ = await create_token(store, org_id=org_id, admin=False)
+                org_tokens[org_id] = kept
         finally:
             await store.close()
         creds = Credentials(
@@ -159,6 +167,7 @@ class EmbeddedStack:
             nats_url=nats_url,
             database_url=dsn,
             pid=os.getpid(),
+            org_tokens=org_tokens,
         )
         write_credentials(self.data_dir, creds)
         self.credentials = creds
@@ -187,13 +196,12 @@ class EmbeddedStack:
         return out
 
 
-async def _token_known(store: EventStore, token: str) -> bool:
-    """Whether the stream holds this token's hash (the data folder may be new)."""
-    wanted = hash_token(token)
-    # aclosing: leaving the loop early must unsubscribe now, not when the generator
-    # is collected after the connection is closed (a "Task exception was never retrieved").
+async def _known_token_hashes(store: EventStore) -> set[str]:
+    """The token hashes the stream holds (the data folder may be new)."""
+    known: set[str] = set()
     async with contextlib.aclosing(store.read(f"{store.subjects.prefix}.token.*")) as records:
         async for rec in records:
-            if getattr(rec.event, "sha256", None) == wanted:
-                return True
-    return False
+            digest = getattr(rec.event, "sha256", None)
+            if digest is not None:
+                known.add(digest)
+    return known

@@ -21,6 +21,7 @@ def up(
     test_seconds: float = 0.5,
     install_seconds: float = 2.0,
     simulate_file: Path | None = None,
+    orgs: tuple[str, ...] = (),
 ) -> int:
     stack = EmbeddedStack(
         data_dir,
@@ -30,6 +31,7 @@ def up(
             test_seconds=test_seconds,
             install_seconds=install_seconds,
             simulate_file=simulate_file,
+            orgs=orgs,
         ),
     )
     stack.lock()
@@ -48,6 +50,8 @@ def up(
                     await asyncio.sleep(0.02)
                 print(f"qgjob is up: {creds.url}", flush=True)
                 print(f"  token (admin): {creds.token}")
+                for org_id, org_token in creds.org_tokens.items():
+                    print(f"  token ({org_id}): {org_token}")
                 print(f"  NATS:          {creds.nats_url}")
                 print(f"  Postgres:      {creds.database_url}")
                 print(f"  credentials:   {stack.data_dir / CREDENTIALS_FILE}")

@@ -325,3 +325,34 @@ def test_crash_then_restart_and_one_stack_per_folder(make_stack, tmp_path: Path)
 
     assert second.stop() == 0, second.output
     assert not leftover_servers(second.data_dir), "servers left running after a clean stop"
+
+
+def test_up_creates_org_tokens_that_only_act_for_their_org(make_stack) -> None:
+    stack = make_stack(agents=0, extra=("--org-id", "acme")).start()
+    creds = json.loads((stack.data_dir / "credentials.json").read_text())
+    acme = creds["org_tokens"]["acme"]
+    assert f"token (acme): {acme}" in stack.output
+    assert acme != creds["admin_token"]
+    env = {"QGJOB_TOKEN": acme}
+    ok = stack.cli(*submit_args(app_version("orgtok"), "tests/login.spec.js"), env={**stack.env(), **env})
+    assert ok.returncode == 0, describe(ok)
+    other = stack.cli(
+        "submit", "--org-id", "globex", "--app-version-id", "v1", "--test", "t.spec.js", env={**stack.env(), **env}
+    )
+    assert other.returncode == 2, describe(other)
+    assert "org_id" in other.stderr and "acme" in other.stderr, describe(other)
+    denied = stack.cli("token", "create", "--org-id", "globex", env={**stack.env(), **env})
+    assert denied.returncode == 2, describe(denied)
+    assert "admin" in denied.stderr, describe(denied)
+
+
+def test_demo_runs_the_sample_suite_and_reports(tmp_path: Path) -> None:
+    r = run_cli("demo", cwd=tmp_path, env=clean_env(), timeout=240)
+    assert r.returncode == 0, describe(r)
+    assert "Summary: 12 passed, 1 failed, 1 flaky; 13 jobs, 17 attempts run" in r.stdout, describe(r)
+    installs = int(r.stdout.split("Installs: ", 1)[1].split(" ", 1)[0])
+    assert 0 < installs < 17, describe(r)
+    assert "Everything behaved as designed" in r.stdout
+    for line in ("payments_fail.spec.js", "onboarding_flaky.spec.js", "smoke.spec.js"):
+        assert line in r.stdout
+    assert not list(tmp_path.iterdir()), "the demo leaves nothing behind in the working folder"
