@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from agents.runners import Runner
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import (
     AgentRegistered,
@@ -25,7 +26,6 @@ from eventstore.events import (
     JobPassed,
     JobStarted,
 )
-from agents.runners import Runner
 
 log = logging.getLogger(__name__)
 

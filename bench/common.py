@@ -34,12 +34,16 @@ class Servers:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QGJOB_")}
-        env.update(QGJOB_NATS_URL=self.nats_url, QGJOB_DATABASE_URL=self.database_url, QGJOB_DATA_DIR=str(self.folder / "none"))
+        env.update(
+            QGJOB_NATS_URL=self.nats_url, QGJOB_DATABASE_URL=self.database_url, QGJOB_DATA_DIR=str(self.folder / "none")
+        )
         env.update(extra)
         return env
 
     def start(self, *args: str, **extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([QGJOB, *args], env=self.env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [QGJOB, *args], env=self.env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         self.procs.append(proc)
         return proc
 
@@ -98,7 +102,11 @@ def table(title: str, rows: list[tuple[str, str, str]]) -> str:
 
 def write_json(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    data = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
+    data = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **data,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path

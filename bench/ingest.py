@@ -24,16 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
-import msgspec  # noqa: E402
-import nats  # noqa: E402
+import httpx
+import msgspec
+import nats
 
-from bench.common import Servers, percentile, servers, table, write_json  # noqa: E402
-from bench.loadclient import Connection  # noqa: E402
-from eventstore import EventStore  # noqa: E402
-from eventstore.events import JobSubmitted, encode_event  # noqa: E402
-from eventstore.ids import new_id  # noqa: E402
-from qgjob.api.auth import create_token  # noqa: E402
+from bench.common import Servers, percentile, servers, table, write_json
+from bench.loadclient import Connection
+from eventstore import EventStore
+from eventstore.events import JobSubmitted, encode_event
+from eventstore.ids import new_id
+from qgjob.api.auth import create_token
 
 CONCURRENCY = 32
 
@@ -47,7 +47,16 @@ async def raw_publish(s: Servers, n: int) -> float:
     payloads = [
         (
             store.subjects.job("bench-1.0", "emulator", "acme", job_id := new_id("job")),
-            encode_event(JobSubmitted(job_id=job_id, org_id="acme", app_version_id="bench-1.0", test=f"tests/spec_{i}.spec.js", target="emulator", run_id="raw")),
+            encode_event(
+                JobSubmitted(
+                    job_id=job_id,
+                    org_id="acme",
+                    app_version_id="bench-1.0",
+                    test=f"tests/spec_{i}.spec.js",
+                    target="emulator",
+                    run_id="raw",
+                )
+            ),
         )
         for i in range(n)
     ]
@@ -73,7 +82,12 @@ async def single_posts(url: str, token: str, n: int) -> float:
         async with Connection(url, token) as conn:
             for i in counter:
                 body = msgspec.json.encode(
-                    {"org_id": "acme", "app_version_id": "single-1.0", "test": f"tests/single_{i}.spec.js", "target": "emulator"}
+                    {
+                        "org_id": "acme",
+                        "app_version_id": "single-1.0",
+                        "test": f"tests/single_{i}.spec.js",
+                        "target": "emulator",
+                    }
                 )
                 status, answer = await conn.request("POST", "/v1/jobs", body)
                 if status != 201:

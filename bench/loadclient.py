@@ -33,9 +33,13 @@ class Connection:
         if self.reader is None or self.writer is None:
             raise RuntimeError("not connected")
         head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
-            "Content-Type: application/json\r\nAuthorization: "
-        ).encode() + self.auth + b"\r\n\r\n"
+            (
+                f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+                "Content-Type: application/json\r\nAuthorization: "
+            ).encode()
+            + self.auth
+            + b"\r\n\r\n"
+        )
         self.writer.write(head + body)
         await self.writer.drain()
         raw = await self.reader.readuntil(b"\r\n\r\n")

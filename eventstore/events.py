@@ -219,6 +219,7 @@ AnyEvent = (
     | TokenCreated
 )
 
+
 class Unreadable(Event, frozen=True, kw_only=True):
     """Stands in for a stored event this version cannot decode (a newer type);
     readers skip it but still see its sequence."""
@@ -227,7 +228,8 @@ class Unreadable(Event, frozen=True, kw_only=True):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+    cls.__name__: cls
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
 }
 
 TERMINAL_EVENTS = (JobPassed, JobCancelled, JobErrored)

@@ -289,7 +289,12 @@ class EventStore:
         return out
 
     async def read(
-        self, filter_subject: str | None = None, *, from_seq: int = 1, until_seq: int | None = None, timeout: float = 5.0
+        self,
+        filter_subject: str | None = None,
+        *,
+        from_seq: int = 1,
+        until_seq: int | None = None,
+        timeout: float = 5.0,
     ) -> AsyncIterator[Recorded]:
         """Events matching ``filter_subject`` from ``from_seq`` up to what is
         stored now (or ``until_seq``), then stop."""

@@ -97,7 +97,9 @@ async def list_jobs(
     return rows
 
 
-async def run_summary(conn: asyncpg.Connection | asyncpg.Pool, run_id: str, org_id: str | None) -> dict[str, Any] | None:
+async def run_summary(
+    conn: asyncpg.Connection | asyncpg.Pool, run_id: str, org_id: str | None
+) -> dict[str, Any] | None:
     """Counts by status of one run; ``None`` when it has no jobs."""
     rows = await conn.fetch(Q["run_counts"], run_id, org_id)
     if not rows:

@@ -93,7 +93,9 @@ async def compare(dsn: str, live: str, rebuilt: str, upto: int) -> list[Differen
     return out
 
 
-async def verify(store: EventStore, dsn: str, live: str, *, keep: bool = False, timeout: float = 60.0) -> tuple[int, list[Difference]]:
+async def verify(
+    store: EventStore, dsn: str, live: str, *, keep: bool = False, timeout: float = 60.0
+) -> tuple[int, list[Difference]]:
     """Rebuild into ``<live>_verify`` up to the live checkpoint and compare."""
     pool_conn = await asyncpg.connect(dsn, server_settings={"search_path": check_schema_name(live)})
     try:

@@ -20,9 +20,7 @@ _MIGRATION_LOCK = 7_201_135  # advisory lock id for migrations
 def check_schema_name(schema: str) -> str:
     """``schema`` if it is a plain lower-case identifier, else ``ValueError``."""
     if not _SCHEMA_NAME.match(schema):
-        raise ValueError(
-            f"schema name {schema!r} is not allowed: use lower-case letters, digits and _ (at most 63)"
-        )
+        raise ValueError(f"schema name {schema!r} is not allowed: use lower-case letters, digits and _ (at most 63)")
     return schema
 
 
@@ -63,9 +61,7 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[int]:
             if version in done:
                 continue
             await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-            )
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             applied.append(version)
             log.info("applied migration %s to schema %s", name, schema)
     return applied

@@ -18,7 +18,7 @@ import typer
 from eventstore.errors import QgjobError
 from qgjob import settings as settings_mod
 from qgjob.client import Client, ClientError, Unreachable
-from qgjob.watch import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, exit_code_for, wait
+from qgjob.watch import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, exit_code_for, wait
 
 app = typer.Typer(
     help="qgjob: queue, batch and run AppWright test jobs on emulators, devices and BrowserStack.",
@@ -30,7 +30,9 @@ token_app = typer.Typer(help="Manage API tokens (admin).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="API URL (else $QGJOB_URL, else the credentials file).")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="Bearer token (else $QGJOB_TOKEN, else the credentials file).")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="Bearer token (else $QGJOB_TOKEN, else the credentials file).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document and nothing else on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (else $QGJOB_DATA_DIR, else .qgjob).")]
 TARGET_HELP = "emulator, device or browserstack"
@@ -92,15 +94,25 @@ def submit(
     retries: Annotated[int, typer.Option("--retries", help="Retries of a failed test.")] = 3,
     run_id: Annotated[str | None, typer.Option("--run-id", help="Group these jobs under a run id.")] = None,
     wait_: Annotated[bool, typer.Option("--wait", help="Wait until the jobs finish.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after S seconds (exit 3).")] = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Retried requests with this key get the same answer.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="With --wait: give up after S seconds (exit 3).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="Retried requests with this key get the same answer.")
+    ] = None,
     json_: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Submit test jobs for one build and target."""
     client = _client(url, token)
-    common = {"org_id": org_id, "app_version_id": app_version_id, "target": target, "priority": priority, "max_retries": retries}
+    common = {
+        "org_id": org_id,
+        "app_version_id": app_version_id,
+        "target": target,
+        "priority": priority,
+        "max_retries": retries,
+    }
     if run_id:
         common["run_id"] = run_id
     if len(test) == 1:
@@ -299,9 +311,13 @@ def metrics(json_: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) 
         _emit_json(answer)
         return
     typer.echo("jobs: " + ", ".join(f"{s}={n}" for s, n in answer["jobs_by_status"].items()))
-    typer.echo(f"installs: {answer['installs']} over {answer['batches']} batches; projection lag: {answer['projection_lag']}")
+    typer.echo(
+        f"installs: {answer['installs']} over {answer['batches']} batches; projection lag: {answer['projection_lag']}"
+    )
     for q in answer["queues"]:
-        typer.echo(f"queue {q['app_version_id']}/{q['target']}: {q['depth']} waiting, best priority {q['best_priority']}")
+        typer.echo(
+            f"queue {q['app_version_id']}/{q['target']}: {q['depth']} waiting, best priority {q['best_priority']}"
+        )
 
 
 @token_app.command("create")
@@ -347,9 +363,15 @@ def up(
     port: Annotated[int, typer.Option("--port", help="API port on 127.0.0.1 (0: any free port).")] = 8765,
     agents_: Annotated[int, typer.Option("--agents", help="Simulated agents per target (0 for none).")] = 1,
     test_seconds: Annotated[float, typer.Option("--test-seconds", help="How long a simulated test takes.")] = 0.5,
-    install_seconds: Annotated[float, typer.Option("--install-seconds", help="How long a simulated install takes.")] = 2.0,
-    simulate_file: Annotated[Path | None, typer.Option("--simulate-file", help="JSON durations and outcomes per test.")] = None,
-    org_id: Annotated[list[str] | None, typer.Option("--org-id", help="Also create a token for this org; repeat for several.")] = None,
+    install_seconds: Annotated[
+        float, typer.Option("--install-seconds", help="How long a simulated install takes.")
+    ] = 2.0,
+    simulate_file: Annotated[
+        Path | None, typer.Option("--simulate-file", help="JSON durations and outcomes per test.")
+    ] = None,
+    org_id: Annotated[
+        list[str] | None, typer.Option("--org-id", help="Also create a token for this org; repeat for several.")
+    ] = None,
     log_level: LogLevelOpt = "warning",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -392,8 +414,12 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="api: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="api: port.")] = 8765,
     workers: Annotated[int, typer.Option("--workers", help="api: worker processes sharing the port.")] = 1,
-    nats_url: Annotated[str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")] = None,
-    database_url: Annotated[str | None, typer.Option("--database-url", help="Else $QGJOB_DATABASE_URL, else the credentials file.")] = None,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Else $QGJOB_DATABASE_URL, else the credentials file.")
+    ] = None,
     data_dir: DataDirOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
@@ -444,8 +470,12 @@ def agent(
     name: Annotated[str | None, typer.Option("--name", help="Agent id (default: <target>-<host>-<pid>).")] = None,
     test_seconds: Annotated[float, typer.Option("--test-seconds", help="simulate: seconds per test.")] = 0.5,
     install_seconds: Annotated[float, typer.Option("--install-seconds", help="simulate: seconds per install.")] = 2.0,
-    simulate_file: Annotated[Path | None, typer.Option("--simulate-file", help="simulate: JSON durations and outcomes.")] = None,
-    nats_url: Annotated[str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")] = None,
+    simulate_file: Annotated[
+        Path | None, typer.Option("--simulate-file", help="simulate: JSON durations and outcomes.")
+    ] = None,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")
+    ] = None,
     data_dir: DataDirOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
@@ -483,8 +513,12 @@ def agent(
 
 @app.command()
 def replay(
-    verify: Annotated[bool, typer.Option("--verify", help="Rebuild into a scratch schema and compare with live.")] = False,
-    schema: Annotated[str | None, typer.Option("--schema", help="Rebuild into this schema (default: qgjob_replay).")] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Rebuild into a scratch schema and compare with live.")
+    ] = False,
+    schema: Annotated[
+        str | None, typer.Option("--schema", help="Rebuild into this schema (default: qgjob_replay).")
+    ] = None,
     keep: Annotated[bool, typer.Option("--keep", help="With --verify: keep the scratch schema.")] = False,
     json_: JsonOpt = False,
     nats_url: Annotated[str | None, typer.Option("--nats-url")] = None,

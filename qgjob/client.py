@@ -64,7 +64,9 @@ class Client:
         if response.status_code not in ok:
             message = body.get("message") if isinstance(body, dict) else None
             raise ClientError(
-                message or f"HTTP {response.status_code}", status=response.status_code, body=body if isinstance(body, dict) else {}
+                message or f"HTTP {response.status_code}",
+                status=response.status_code,
+                body=body if isinstance(body, dict) else {},
             )
         return response.status_code, body
 

@@ -55,7 +55,9 @@ def run_demo(data_dir: Path | None = None, *, test_seconds: float = 0.3, install
     fresh = data_dir is None
     stack = EmbeddedStack(
         folder,
-        StackOptions(api_port=0, agents_per_target=1, test_seconds=test_seconds, install_seconds=install_seconds, durable=False),
+        StackOptions(
+            api_port=0, agents_per_target=1, test_seconds=test_seconds, install_seconds=install_seconds, durable=False
+        ),
     )
     print(f"Starting an embedded stack in {folder} ...", flush=True)
     stack.lock()

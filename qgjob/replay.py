@@ -20,7 +20,15 @@ async def run_replay(s: Settings, *, verify: bool, schema: str | None, keep: boo
             lines.append(f"{len(diffs)} row(s) differ" if diffs else "no differences: the projections match the stream")
             report = {
                 "upto": upto,
-                "differences": [{"table": d.table, "key": d.key, "problem": d.problem, "columns": {c: [str(a), str(b)] for c, (a, b) in d.columns.items()}} for d in diffs],
+                "differences": [
+                    {
+                        "table": d.table,
+                        "key": d.key,
+                        "problem": d.problem,
+                        "columns": {c: [str(a), str(b)] for c, (a, b) in d.columns.items()},
+                    }
+                    for d in diffs
+                ],
                 "lines": lines,
             }
             return (1 if diffs else 0), report

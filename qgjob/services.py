@@ -44,7 +44,9 @@ async def open_store(settings: Settings, name: str) -> EventStore:
 class ApiService:
     """uvicorn serving the API inside the current event loop."""
 
-    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
+    def __init__(
+        self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning"
+    ) -> None:
         config = uvicorn.Config(
             create_app(settings),
             host=host,

@@ -140,3 +140,6 @@ SELECT count(*) FILTER (WHERE installed) AS installs, count(*) AS batches FROM b
 
 -- name: checkpoint_lock
 SELECT seq FROM checkpoints WHERE projection = $1 FOR UPDATE;
+
+-- name: unfinished_count
+SELECT count(*) FROM jobs WHERE org_id = $1 AND status IN ('queued', 'assigned', 'running', 'retrying');

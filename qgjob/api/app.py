@@ -22,7 +22,7 @@ from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import JobCancelled, is_terminal
 from projections import queries as read
 from projections.projector import checkpoint
-from projections.schema import connect_pool, migrate
+from projections.schema import connect_pool, migrate, queries
 from qgjob.api import auth
 from qgjob.api.errors import (
     ApiError,
@@ -41,6 +41,7 @@ from qgjob.api.validation import parse_jobs
 from qgjob.settings import Settings
 
 log = logging.getLogger(__name__)
+Q = queries()
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -195,10 +196,7 @@ class Api:
         now = time.monotonic()
         cached = self._queued.get(org_id)
         if cached is None or now - cached[0] > 1.0:
-            n = await self.db.fetchval(
-                "SELECT count(*) FROM jobs WHERE org_id = $1 AND status IN ('queued', 'assigned', 'running', 'retrying')",
-                org_id,
-            )
+            n = await self.db.fetchval(Q["unfinished_count"], org_id)
             cached = (now, int(n))
             self._queued[org_id] = cached
         if cached[1] + adding > quota:
@@ -268,7 +266,12 @@ class Api:
                 raise NotFound(f"no job {row['job_id']}")
             if is_terminal(last.event):
                 name = type(last.event).__name__
-                return {"JobPassed": "passed", "JobFailed": "failed", "JobCancelled": "cancelled", "JobErrored": "error"}[name]
+                return {
+                    "JobPassed": "passed",
+                    "JobFailed": "failed",
+                    "JobCancelled": "cancelled",
+                    "JobErrored": "error",
+                }[name]
             try:
                 await self.es.append(
                     subject,
@@ -357,14 +360,14 @@ class Api:
         try:
             last = await asyncio.wait_for(self.es.last_seq(), 2)
             checks["nats"] = "ok"
-        except (QgjobError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - readiness reports any failure
+        except (TimeoutError, QgjobError, Exception) as exc:
             checks["nats"] = f"unavailable: {exc}"
             ok = False
             last = None
         try:
             done = await asyncio.wait_for(checkpoint(self.db), 2)
             checks["postgres"] = "ok"
-        except (QgjobError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
+        except (TimeoutError, QgjobError, Exception) as exc:
             checks["postgres"] = f"unavailable: {exc}"
             ok = False
             done = None

@@ -11,7 +11,9 @@ from qgjob.api.validation import BulkIn, JobIn
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def _op(summary: str, ok: int = 200, *, body: dict[str, Any] | None = None, errors: tuple[int, ...] = ()) -> dict[str, Any]:
+def _op(
+    summary: str, ok: int = 200, *, body: dict[str, Any] | None = None, errors: tuple[int, ...] = ()
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "security": [{"bearer": []}],
@@ -25,7 +27,9 @@ def _op(summary: str, ok: int = 200, *, body: dict[str, Any] | None = None, erro
 
 
 def document() -> dict[str, Any]:
-    (job_schema, bulk_schema), components = msgspec.json.schema_components([JobIn, BulkIn], ref_template="#/components/schemas/{name}")
+    (job_schema, bulk_schema), components = msgspec.json.schema_components(
+        [JobIn, BulkIn], ref_template="#/components/schemas/{name}"
+    )
     components["Error"] = {
         "type": "object",
         "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "detail": {"type": "array"}},
@@ -37,7 +41,12 @@ def document() -> dict[str, Any]:
         "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/v1/jobs": {
-                "post": _op("Submit one job or {jobs: [...]}", 201, body={"oneOf": [job_schema, bulk_schema]}, errors=(400, 409, 413, 422, 429)),
+                "post": _op(
+                    "Submit one job or {jobs: [...]}",
+                    201,
+                    body={"oneOf": [job_schema, bulk_schema]},
+                    errors=(400, 409, 413, 422, 429),
+                ),
                 "get": _op("List jobs (status, run_id, app_version_id, target, cursor, limit)", errors=(422,)),
             },
             "/v1/jobs/{job_id}": {"get": _op("One job's status", errors=(404,))},
@@ -49,7 +58,12 @@ def document() -> dict[str, Any]:
             "/v1/metrics": {"get": _op("Counts by status, queue depth, installs")},
             "/v1/tokens": {"post": _op("Create a token for an org (admin)", 201, errors=(422,))},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
-            "/readyz": {"get": {"summary": "NATS, Postgres and projection lag", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "NATS, Postgres and projection lag",
+                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                }
+            },
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
         },
     }

@@ -24,8 +24,8 @@ import asyncpg
 from eventstore import Append, ConcurrencyConflict, EventStore
 from eventstore.events import JobSubmitted, KeysClaimed, SubmissionRecorded, is_terminal
 from eventstore.ids import new_id
-from projections.schema import queries
 from projections.projector import checkpoint
+from projections.schema import queries
 from qgjob.api.errors import BodyTooLarge, Unavailable
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,11 @@ class Submitter:
             del self._pending[:GROUP_COMMIT_MAX]
             try:
                 await self._commit([item for item, _ in group], lambda: None)
-            except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
-                failure = exc if not isinstance(exc, ConcurrencyConflict) else Unavailable(
-                    "too many concurrent submissions of the same tests; retry"
+            except Exception as exc:
+                failure = (
+                    exc
+                    if not isinstance(exc, ConcurrencyConflict)
+                    else Unavailable("too many concurrent submissions of the same tests; retry")
                 )
                 for _, future in group:
                     if not future.done():

@@ -16,7 +16,10 @@ TestPath = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 Retries = Annotated[int, msgspec.Meta(ge=0, le=20)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
-Labels = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]], msgspec.Meta(max_length=32)]
+Labels = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=32),
+]
 
 ALLOWED: dict[str, str] = {
     "org_id": "a non-empty string of at most 128 characters",
@@ -115,7 +118,7 @@ def parse_jobs(body: bytes, *, max_jobs: int) -> tuple[list[dict[str, Any]], boo
         raise InvalidJson(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise ValidationFailed(
-            "body: expected a JSON object (one job, or {\"jobs\": [...]})",
+            'body: expected a JSON object (one job, or {"jobs": [...]})',
             detail=[{"field": "body", "message": "expected a JSON object"}],
         )
     top_fields = JobIn.__struct_fields__

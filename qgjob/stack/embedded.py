@@ -129,7 +129,7 @@ class EmbeddedStack:
         if self.postgres is not None:
             try:
                 self.postgres.stop()
-            except Exception as exc:  # noqa: BLE001 - stopping must go on
+            except Exception as exc:
                 log.warning("stopping Postgres: %s", exc)
         if self.nats is not None:
             self.nats.stop()

@@ -16,8 +16,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -100,10 +101,17 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
 class NatsServer:
     """A ``nats-server`` process with JetStream, configured through ``data_dir/nats.conf``."""
 
-    def __init__(self, data_dir: Path, port: int = 0, host: str = "127.0.0.1",
-                 cluster_name: str | None = None, cluster_port: int | None = None,
-                 routes: list[str] | None = None, server_name: str | None = None,
-                 max_batch_msgs: int = 20002) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: list[str] | None = None,
+        server_name: str | None = None,
+        max_batch_msgs: int = 20002,
+    ) -> None:
         """``port=0`` (and cluster_port None/0 with a cluster) picks a free port now, kept on restarts."""
         self.data_dir = Path(data_dir).absolute()
         self.host = host
@@ -202,8 +210,12 @@ class NatsServer:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [str(binary), "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_pdeathsig_preexec(), start_new_session=True, close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_pdeathsig_preexec(),
+                start_new_session=True,
+                close_fds=True,
             )
         logger.info("started nats-server pid %d on %s (data %s)", self._proc.pid, self.url, self.data_dir)
         deadline = time.monotonic() + timeout
@@ -211,14 +223,14 @@ class NatsServer:
             code = self._proc.poll()
             if code is not None:
                 self._proc = None
-                raise ServerError(f"nats-server exited with code {code} while starting; "
-                                  f"log tail:\n{_tail(self.log_path)}")
+                raise ServerError(
+                    f"nats-server exited with code {code} while starting; log tail:\n{_tail(self.log_path)}"
+                )
             if self._ready():
                 return self.url
             if time.monotonic() > deadline:
                 self.kill()
-                raise ServerError(f"nats-server not ready after {timeout}s; "
-                                  f"log tail:\n{_tail(self.log_path)}")
+                raise ServerError(f"nats-server not ready after {timeout}s; log tail:\n{_tail(self.log_path)}")
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10) -> None:
@@ -315,16 +327,23 @@ class PostgresServer:
         # Output goes to a temp file: a pipe may be inherited by the postmaster and hang us.
         with tempfile.TemporaryFile() as out:
             try:
-                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                      cwd=self.data_dir, timeout=timeout, **self._run_as)
+                proc = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.data_dir,
+                    timeout=timeout,
+                    **self._run_as,
+                )
             except subprocess.TimeoutExpired as exc:
-                raise ServerError(f"{args[0]} timed out after {timeout}s; "
-                                  f"log tail:\n{_tail(self.log_path)}") from exc
+                raise ServerError(f"{args[0]} timed out after {timeout}s; log tail:\n{_tail(self.log_path)}") from exc
             out.seek(0)
             output = out.read().decode(errors="replace")
         if proc.returncode != 0:
-            raise ServerError(f"{args[0]} failed with code {proc.returncode}:\n{output}\n"
-                              f"postgres log tail:\n{_tail(self.log_path)}")
+            raise ServerError(
+                f"{args[0]} failed with code {proc.returncode}:\n{output}\npostgres log tail:\n{_tail(self.log_path)}"
+            )
         return output
 
     def _postmaster(self) -> tuple[psutil.Process, list[str]] | None:
@@ -354,8 +373,20 @@ class PostgresServer:
         self._prepare_dirs()
         if not (self.pgdata / "PG_VERSION").exists():
             t0 = time.monotonic()
-            self._run(["initdb", "-D", str(self.pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
-                       "--no-sync", "--no-instructions"], timeout)
+            self._run(
+                [
+                    "initdb",
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                timeout,
+            )
             logger.info("initdb of %s took %.2fs", self.pgdata, time.monotonic() - t0)
         deadline = time.monotonic() + timeout
         running = self._postmaster()
@@ -376,15 +407,27 @@ class PostgresServer:
             # committed rows across a postgres *process* kill (crash tests rely on that).
             opts += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         t0 = time.monotonic()
-        self._run(["pg_ctl", "start", "-D", str(self.pgdata), "-l", str(self.log_path), "-w",
-                   "-t", str(max(1, int(timeout))), "-o", shlex.join(opts)], timeout + 5)
+        self._run(
+            [
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.log_path),
+                "-w",
+                "-t",
+                str(max(1, int(timeout))),
+                "-o",
+                shlex.join(opts),
+            ],
+            timeout + 5,
+        )
         running = self._postmaster()
         if running is None:
-            raise ServerError(f"pg_ctl start succeeded but no live postmaster found; "
-                              f"log tail:\n{_tail(self.log_path)}")
+            raise ServerError(f"pg_ctl start succeeded but no live postmaster found; log tail:\n{_tail(self.log_path)}")
         self._pid = running[0].pid
-        logger.info("started postgres pid %d on port %d in %.2fs", self._pid, self.port,
-                    time.monotonic() - t0)
+        logger.info("started postgres pid %d on port %d in %.2fs", self._pid, self.port, time.monotonic() - t0)
         return self.dsn()
 
     def stop(self, mode: str = "fast", timeout: float = 30) -> None:
@@ -394,8 +437,9 @@ class PostgresServer:
         if self._postmaster() is None:
             return
         self._prepare_dirs()
-        self._run(["pg_ctl", "stop", "-D", str(self.pgdata), "-m", mode, "-w",
-                   "-t", str(max(1, int(timeout)))], timeout + 5)
+        self._run(
+            ["pg_ctl", "stop", "-D", str(self.pgdata), "-m", mode, "-w", "-t", str(max(1, int(timeout)))], timeout + 5
+        )
         logger.info("stopped postgres in %s", self.pgdata)
 
     def kill(self) -> None:

@@ -40,12 +40,22 @@ async def write_history(store: EventStore, jobs: int, *, batch_size: int = 50) -
             appends.append(
                 Append(
                     s.job(app, target, "acme", job_id),
-                    JobSubmitted(job_id=job_id, org_id="acme", app_version_id=app, test=f"tests/{job_id}.spec.js",
-                                 target=target, run_id=f"run-{group}", max_retries=1, dedup_key=key),
+                    JobSubmitted(
+                        job_id=job_id,
+                        org_id="acme",
+                        app_version_id=app,
+                        test=f"tests/{job_id}.spec.js",
+                        target=target,
+                        run_id=f"run-{group}",
+                        max_retries=1,
+                        dedup_key=key,
+                    ),
                     0,
                 )
             )
-        claim = KeysClaimed(org_id="acme", app_version_id=app, target=target, keys=[f"key-{j}" for j in ids], job_ids=ids)
+        claim = KeysClaimed(
+            org_id="acme", app_version_id=app, target=target, keys=[f"key-{j}" for j in ids], job_ids=ids
+        )
         appends.append(Append(s.claims("acme", app, target), claim))
         last = await store.append_many(appends)
         for n, job_id in enumerate(ids):
@@ -53,30 +63,75 @@ async def write_history(store: EventStore, jobs: int, *, batch_size: int = 50) -
         cancelled = [j for j in ids if int(j[4:]) % 13 == 0]
         for job_id in cancelled:
             seqs[job_id] = await store.append(
-                s.job(app, target, "acme", job_id), JobCancelled(job_id=job_id, dedup_key=f"key-{job_id}"), expected=seqs[job_id]
+                s.job(app, target, "acme", job_id),
+                JobCancelled(job_id=job_id, dedup_key=f"key-{job_id}"),
+                expected=seqs[job_id],
             )
             expected["cancelled"] += 1
         runnable = [j for j in ids if j not in cancelled]
         batch_id = f"bat-{group}"
         agent = agents[target]
-        bjobs = [BatchJob(job_id=j, org_id="acme", test=f"tests/{j}.spec.js", attempt=1, max_retries=1, dedup_key=f"key-{j}") for j in runnable]
-        assign = [Append(s.batch(app, target, batch_id), BatchAssigned(batch_id=batch_id, agent_id=agent, app_version_id=app, target=target, jobs=bjobs, install=True), 0)]
-        assign += [Append(s.job(app, target, "acme", j), JobAssigned(job_id=j, batch_id=batch_id, agent_id=agent), seqs[j]) for j in runnable]
+        bjobs = [
+            BatchJob(job_id=j, org_id="acme", test=f"tests/{j}.spec.js", attempt=1, max_retries=1, dedup_key=f"key-{j}")
+            for j in runnable
+        ]
+        assign = [
+            Append(
+                s.batch(app, target, batch_id),
+                BatchAssigned(
+                    batch_id=batch_id, agent_id=agent, app_version_id=app, target=target, jobs=bjobs, install=True
+                ),
+                0,
+            )
+        ]
+        assign += [
+            Append(s.job(app, target, "acme", j), JobAssigned(job_id=j, batch_id=batch_id, agent_id=agent), seqs[j])
+            for j in runnable
+        ]
         last = await store.append_many(assign)
         for n, j in enumerate(runnable):
             seqs[j] = last - len(runnable) + 1 + n
-        await store.append(s.batch(app, target, batch_id), AppInstalled(batch_id=batch_id, agent_id=agent, app_version_id=app, target=target, duration_ms=5))
+        await store.append(
+            s.batch(app, target, batch_id),
+            AppInstalled(batch_id=batch_id, agent_id=agent, app_version_id=app, target=target, duration_ms=5),
+        )
         for j in runnable:
             subject = s.job(app, target, "acme", j)
             n = int(j[4:])
-            seq = await store.append(subject, JobStarted(job_id=j, batch_id=batch_id, agent_id=agent, attempt=1), expected=seqs[j])
+            seq = await store.append(
+                subject, JobStarted(job_id=j, batch_id=batch_id, agent_id=agent, attempt=1), expected=seqs[j]
+            )
             if n % 11 == 0 or n % 7 == 0:
                 final = n % 11 == 0
-                seq = await store.append(subject, JobFailed(job_id=j, batch_id=batch_id, agent_id=agent, attempt=1, duration_ms=10, error="boom", final=False), expected=seq)
-                seq = await store.append(subject, JobRetryScheduled(job_id=j, attempt=2, not_before=store_now()), expected=seq)
-                seq = await store.append(subject, JobStarted(job_id=j, batch_id=batch_id, agent_id=agent, attempt=2), expected=seq)
+                seq = await store.append(
+                    subject,
+                    JobFailed(
+                        job_id=j,
+                        batch_id=batch_id,
+                        agent_id=agent,
+                        attempt=1,
+                        duration_ms=10,
+                        error="boom",
+                        final=False,
+                    ),
+                    expected=seq,
+                )
+                seq = await store.append(
+                    subject, JobRetryScheduled(job_id=j, attempt=2, not_before=store_now()), expected=seq
+                )
+                seq = await store.append(
+                    subject, JobStarted(job_id=j, batch_id=batch_id, agent_id=agent, attempt=2), expected=seq
+                )
                 result = (
-                    JobFailed(job_id=j, batch_id=batch_id, agent_id=agent, attempt=2, duration_ms=10, error="boom again", final=True)
+                    JobFailed(
+                        job_id=j,
+                        batch_id=batch_id,
+                        agent_id=agent,
+                        attempt=2,
+                        duration_ms=10,
+                        error="boom again",
+                        final=True,
+                    )
                     if final
                     else JobPassed(job_id=j, batch_id=batch_id, agent_id=agent, attempt=2, duration_ms=12)
                 )

@@ -128,10 +128,12 @@ async def test_migrations_from_zero_match_the_schema(database_url: str) -> None:
         await conn.execute('DROP SCHEMA IF EXISTS "mig_a" CASCADE')
         assert await migrate(conn, "mig_a") == [1]
         assert await migrate(conn, "mig_a") == []  # idempotent
-        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'mig_a'")}
+        tables = {
+            r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'mig_a'")
+        }
         assert {"jobs", "claim_groups", "agents", "batches", "tokens", "checkpoints", "schema_migrations"} <= tables
         await conn.execute('SET search_path TO "mig_a"')
-        for name, sql in queries().items():
+        for _name, sql in queries().items():
             if "$" not in sql:
                 continue
             await conn.prepare(sql)  # every named query parses against the schema

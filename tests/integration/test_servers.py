@@ -111,8 +111,9 @@ def test_postgres_start_stop_restart(tmp_path: Path) -> None:
     try:
         assert dsn == f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
         assert (tmp_path / "pg" / "pgdata" / "PG_VERSION").exists()
-        assert asyncio.run(_pg(dsn, "SELECT 1", "CREATE TABLE jobs (id int)",
-                               "INSERT INTO jobs VALUES (42) RETURNING id")) == [1, None, 42]
+        assert asyncio.run(
+            _pg(dsn, "SELECT 1", "CREATE TABLE jobs (id int)", "INSERT INTO jobs VALUES (42) RETURNING id")
+        ) == [1, None, 42]
     finally:
         pid = server.pid
         server.stop()
@@ -123,8 +124,7 @@ def test_postgres_start_stop_restart(tmp_path: Path) -> None:
     dsn2 = again.start()
     try:
         assert again.pid is not None and again.pid != pid
-        assert asyncio.run(_pg(dsn2, "SELECT to_regclass('public.jobs')::text",
-                               "SELECT id FROM jobs")) == ["jobs", 42]
+        assert asyncio.run(_pg(dsn2, "SELECT to_regclass('public.jobs')::text", "SELECT id FROM jobs")) == ["jobs", 42]
     finally:
         again.stop()
 

@@ -42,7 +42,9 @@ async def test_append_many_is_all_or_nothing(store: EventStore) -> None:
     taken = store.subjects.job("v1", "emulator", "acme", "taken")
     await store.append(taken, submitted("taken", "v1"), expected=0)
     before = await store.last_seq()
-    batch = [Append(store.subjects.job("v1", "emulator", "acme", f"j{i}"), submitted(f"j{i}", "v1"), 0) for i in range(5)]
+    batch = [
+        Append(store.subjects.job("v1", "emulator", "acme", f"j{i}"), submitted(f"j{i}", "v1"), 0) for i in range(5)
+    ]
     batch.append(Append(taken, submitted("taken-again", "v1"), 0))  # conflicts
     with pytest.raises(ConcurrencyConflict):
         await store.append_many(batch)
@@ -54,7 +56,10 @@ async def test_append_many_is_all_or_nothing(store: EventStore) -> None:
 
 
 async def test_append_many_takes_more_than_a_thousand_events(store: EventStore) -> None:
-    batch = [Append(store.subjects.job("big", "device", "o", f"j{i}"), submitted(f"j{i}", "big", "device"), 0) for i in range(2500)]
+    batch = [
+        Append(store.subjects.job("big", "device", "o", f"j{i}"), submitted(f"j{i}", "big", "device"), 0)
+        for i in range(2500)
+    ]
     last = await store.append_many(batch)
     assert last == await store.last_seq() == 2500
     seqs = [r.seq async for r in store.read(store.subjects.jobs(app_version_id="big"))]
@@ -81,7 +86,9 @@ async def test_subscribe_from_a_sequence_then_live(store: EventStore) -> None:
 
 async def test_filters_follow_the_subject_map(store: EventStore) -> None:
     await store.append(store.subjects.job("build 42/rc", "emulator", "acme", "a"), submitted("a", "build 42/rc"))
-    await store.append(store.subjects.job("build 42/rc", "device", "acme", "b"), submitted("b", "build 42/rc", "device"))
+    await store.append(
+        store.subjects.job("build 42/rc", "device", "acme", "b"), submitted("b", "build 42/rc", "device")
+    )
     await store.append(store.subjects.job("v2", "emulator", "acme", "c"), submitted("c", "v2"))
     group = [r.event.job_id async for r in store.read(store.subjects.jobs("build 42/rc", "emulator"))]  # type: ignore[attr-defined]
     assert group == ["a"]

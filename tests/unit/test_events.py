@@ -25,7 +25,6 @@ from eventstore.events import (
     BatchFinished,
     BatchJob,
     Event,
-    KeysClaimed,
     JobAssigned,
     JobCancelled,
     JobErrored,
@@ -35,6 +34,7 @@ from eventstore.events import (
     JobRetryScheduled,
     JobStarted,
     JobSubmitted,
+    KeysClaimed,
     SubmissionRecorded,
     TokenCreated,
     decode_event,
@@ -111,7 +111,12 @@ SAMPLES: dict[str, Event] = {
     "AgentStopped": AgentStopped(agent_id="agt_1", at=AT),
     "AgentLost": AgentLost(agent_id="agt_1", reason="no heartbeat for 30s", at=AT),
     "KeysClaimed": KeysClaimed(
-        org_id="acme", app_version_id="2.4.0", target="device", keys=["ab" * 16, "cd" * 16], job_ids=["job_a", "job_b"], at=AT
+        org_id="acme",
+        app_version_id="2.4.0",
+        target="device",
+        keys=["ab" * 16, "cd" * 16],
+        job_ids=["job_a", "job_b"],
+        at=AT,
     ),
     "SubmissionRecorded": SubmissionRecorded(
         key="idem-1",

@@ -530,7 +530,7 @@ def test_appends_put_one_fenced_claim_per_group_last() -> None:
     fences = {("acme", "v1.2.3", "emulator"): 41}
     appends = submitter._appends(items, fences)
     assert len(appends) == 5
-    job_a, job_b, job_c, claim_acme, claim_other = appends
+    job_a, job_b, _job_c, claim_acme, claim_other = appends
     assert isinstance(job_a.event, JobSubmitted) and job_a.event.job_id == "job_0"
     assert job_a.event.dedup_key == items[0].key and job_a.expected == 0
     assert job_b.subject == Subjects("qgjob").job("v1.2.3", "emulator", "acme", "job_1")
