@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(BIN)/qgjob demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
