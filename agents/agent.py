@@ -11,9 +11,13 @@ import asyncio
 import logging
 import time
 
+import msgspec
+import nats.errors
+
 from agents.runners import Runner
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import (
+    AgentLost,
     AgentRegistered,
     AgentStopped,
     AppInstalled,
@@ -25,43 +29,76 @@ from eventstore.events import (
     JobFailed,
     JobPassed,
     JobStarted,
+    ResultRejected,
 )
 
 log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, store: EventStore, *, agent_id: str, target: str, runner: Runner, slots: int = 1) -> None:
+    """One agent: takes its batches, heartbeats while it lives.
+
+    If it cannot heartbeat for a whole lease, or sees itself declared lost,
+    it drops the batches it holds (the scheduler has handed them to others)
+    and registers afresh.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        agent_id: str,
+        target: str,
+        runner: Runner,
+        slots: int = 1,
+        lease_s: float = 15.0,
+        heartbeat_s: float | None = None,
+    ) -> None:
         self.store = store
         self.agent_id = agent_id
         self.target = target
         self.runner = runner
         self.slots = slots
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(lease_s / 5, 0.05)
         self.installed: str | None = None
         self.jobs_run = 0
         self.installs = 0
+        self.rejected = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._ids = {"agent_id": agent_id}
 
     def stop(self) -> None:
+        """Drain: finish the test in progress, hand back the rest, leave."""
         self._stop.set()
+
+    @property
+    def _subject(self) -> str:
+        return self.store.subjects.agent(self.target, self.agent_id)
+
+    async def _register(self) -> None:
+        await self.store.append(
+            self._subject,
+            AgentRegistered(agent_id=self.agent_id, target=self.target, slots=self.slots, runner=self.runner.name),
+        )
+        log.info("agent %s registered for %s", self.agent_id, self.target, extra=self._ids)
 
     async def run(self) -> None:
         start = await self.store.last_seq() + 1
         listen = asyncio.create_task(self._listen(start))
-        await self.store.append(
-            self.store.subjects.agent(self.target, self.agent_id),
-            AgentRegistered(agent_id=self.agent_id, target=self.target, slots=self.slots, runner=self.runner.name),
-        )
-        log.info("agent %s registered for %s", self.agent_id, self.target, extra={"agent_id": self.agent_id})
+        watch = asyncio.create_task(self._watch_self(start))
+        await self._register()
+        beat = asyncio.create_task(self._heartbeat())
         stop = asyncio.create_task(self._stop.wait())
         try:
-            done, _ = await asyncio.wait({listen, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if listen in done and listen.exception() is not None:
-                raise listen.exception()  # type: ignore[misc]
+            done, _ = await asyncio.wait({listen, watch, beat, stop}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         finally:
-            listen.cancel()
-            stop.cancel()
+            for task in (listen, watch, beat, stop):
+                task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             try:
@@ -70,6 +107,51 @@ class Agent:
                 )
             except QgjobError as exc:
                 log.warning("could not record that agent %s stopped: %s", self.agent_id, exc)
+
+    async def _heartbeat(self) -> None:
+        subject = self.store.subjects.heartbeat(self.agent_id)
+        payload = msgspec.json.encode({"agent_id": self.agent_id, "target": self.target})
+        last_ok = time.monotonic()
+        while True:
+            try:
+                await self.store.nc.publish(subject, payload)
+                await self.store.nc.flush(timeout=self.heartbeat_s)
+                last_ok = time.monotonic()
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("heartbeat failed: %s", exc, extra=self._ids)
+            if time.monotonic() - last_ok > self.lease_s and self._tasks:
+                log.error("no heartbeat got through for a whole lease: dropping held batches", extra=self._ids)
+                self._drop_batches()
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _watch_self(self, start: int) -> None:
+        """Re-register when the scheduler declares this agent lost."""
+        async for rec in self.store.subscribe(self._subject, from_seq=start):
+            if isinstance(rec.event, AgentLost) and rec.event.agent_id == self.agent_id:
+                log.error(
+                    "declared lost (%s): dropping held batches, registering again", rec.event.reason, extra=self._ids
+                )
+                self._drop_batches()
+                if not self._stop.is_set():
+                    await self._register()
+
+    def _drop_batches(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _rejected(self, batch: BatchAssigned, job: BatchJob, report: str, reason: str) -> None:
+        """Record that the store refused a report of this agent's."""
+        self.rejected += 1
+        log.warning("%s for job %s rejected: %s", report, job.job_id, reason, extra={**self._ids, "job_id": job.job_id})
+        try:
+            await self.store.append(
+                self._subject,
+                ResultRejected(
+                    agent_id=self.agent_id, job_id=job.job_id, batch_id=batch.batch_id, report=report, reason=reason
+                ),
+            )
+        except QgjobError as exc:
+            log.warning("could not record a rejected report: %s", exc, extra=self._ids)
 
     async def _listen(self, start: int) -> None:
         async for rec in self.store.subscribe(self.store.subjects.batches(self.target), from_seq=start):
@@ -128,8 +210,8 @@ class Agent:
                 JobStarted(job_id=job.job_id, batch_id=batch.batch_id, agent_id=self.agent_id, attempt=job.attempt),
                 expected=last.seq,
             )
-        except ConcurrencyConflict:
-            log.info("job %s moved on before it started, skipping", job.job_id, extra=ids)
+        except ConcurrencyConflict as exc:
+            await self._rejected(batch, job, "JobStarted", str(exc))
             return
         outcome = await self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt)
         self.jobs_run += 1
@@ -157,5 +239,5 @@ class Agent:
             )
         try:
             await self.store.append(subject, result, expected=seq)
-        except ConcurrencyConflict:
-            log.warning("result for job %s rejected: the job moved on (cancelled?)", job.job_id, extra=ids)
+        except ConcurrencyConflict as exc:
+            await self._rejected(batch, job, type(result).__name__, f"the job moved on (cancelled or requeued): {exc}")

@@ -162,6 +162,17 @@ class AgentLost(Event, frozen=True, kw_only=True):
     reason: str = "lease expired"
 
 
+class ResultRejected(Event, frozen=True, kw_only=True):
+    """An agent's report the event store refused: the job had moved on
+    (cancelled, or requeued after the agent's lease expired)."""
+
+    agent_id: str
+    job_id: str
+    batch_id: str
+    report: str  # the event type that was refused
+    reason: str
+
+
 # --- dedup keys and tokens ----------------------------------------------------
 
 
@@ -214,6 +225,7 @@ AnyEvent = (
     | AgentRegistered
     | AgentStopped
     | AgentLost
+    | ResultRejected
     | KeysClaimed
     | SubmissionRecorded
     | TokenCreated

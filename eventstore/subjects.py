@@ -15,6 +15,9 @@ Subject map (``<p>`` is the prefix, ``qgjob`` by default):
 - ``<p>.claim.<org>.<app_version>.<target>``: dedup keys claimed by new jobs
 - ``<p>.idem.<org>.<key>``: the answer given to a submit with an Idempotency-Key
 - ``<p>.token.<token_id>``: API tokens (hashes only)
+
+Agents heartbeat on ``_hb.<p>.<agent_id>`` with plain NATS: heartbeats are
+not events and are not stored.
 """
 
 from __future__ import annotations
@@ -109,6 +112,14 @@ class Subjects:
 
     def idempotency(self, org_id: str, key: str) -> str:
         return ".".join((self.prefix, "idem", encode_token(org_id), encode_token(key)))
+
+    def heartbeat(self, agent_id: str) -> str:
+        """Where an agent's heartbeats go: plain NATS, outside the stream."""
+        return f"_hb.{self.prefix}.{encode_token(agent_id)}"
+
+    @property
+    def heartbeats(self) -> str:
+        return f"_hb.{self.prefix}.*"
 
     def token(self, token_id: str) -> str:
         return ".".join((self.prefix, "token", encode_token(token_id)))

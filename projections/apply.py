@@ -140,7 +140,6 @@ def _job_passed(e: JobPassed, seq: int) -> list[Statement]:
             Q["job_passed"],
             (
                 e.job_id,
-                e.attempt,
                 e.duration_ms,
                 e.at,
                 seq,

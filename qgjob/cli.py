@@ -372,6 +372,9 @@ def up(
     org_id: Annotated[
         list[str] | None, typer.Option("--org-id", help="Also create a token for this org; repeat for several.")
     ] = None,
+    lease_seconds: Annotated[
+        float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
+    ] = 15.0,
     log_level: LogLevelOpt = "warning",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -390,6 +393,7 @@ def up(
             install_seconds=install_seconds,
             simulate_file=simulate_file,
             orgs=tuple(org_id or ()),
+            lease_s=lease_seconds,
         )
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
@@ -414,6 +418,9 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="api: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="api: port.")] = 8765,
     workers: Annotated[int, typer.Option("--workers", help="api: worker processes sharing the port.")] = 1,
+    lease_seconds: Annotated[
+        float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
+    ] = 15.0,
     nats_url: Annotated[
         str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")
     ] = None,
@@ -432,7 +439,7 @@ def serve(
     s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)
     services: dict[str, Any] = {
         "api": lambda: ApiService(s, host=host, port=port, log_level=log_level),
-        "scheduler": lambda: SchedulerRunner(s),
+        "scheduler": lambda: SchedulerRunner(s, lease_s=lease_seconds),
         "projector": lambda: ProjectorService(s),
     }
     if service not in services:
@@ -477,10 +484,13 @@ def agent(
         str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")
     ] = None,
     data_dir: DataDirOpt = None,
+    lease_seconds: Annotated[
+        float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
+    ] = 15.0,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
-    """Run an agent that takes batches for one target."""
+    """Run an agent that takes batches for one target; SIGTERM drains it."""
     import os
     import socket
 
@@ -506,7 +516,8 @@ def agent(
         _fail(str(exc), EXIT_USAGE)
     agent_id = name or f"{target}-{socket.gethostname()}-{os.getpid()}"
     try:
-        run_services(run_until_signalled([AgentRunner(s, agent_id=agent_id, target=target, runner=sim, slots=slots)]))
+        agent_runner = AgentRunner(s, agent_id=agent_id, target=target, runner=sim, slots=slots, lease_s=lease_seconds)
+        run_services(run_until_signalled([agent_runner]))
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
 

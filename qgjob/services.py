@@ -98,16 +98,17 @@ class ProjectorService:
 
 
 class SchedulerRunner:
-    def __init__(self, settings: Settings, config: policy.Config | None = None) -> None:
+    def __init__(self, settings: Settings, config: policy.Config | None = None, *, lease_s: float = 15.0) -> None:
         self.settings = settings
         self.config = config
+        self.lease_s = lease_s
         self.service: SchedulerService | None = None
         self._stopped = False
 
     async def run(self) -> None:
         store = await open_store(self.settings, "qgjob-scheduler")
         try:
-            self.service = SchedulerService(store, self.config)
+            self.service = SchedulerService(store, self.config, lease_s=self.lease_s)
             if self._stopped:
                 return
             await self.service.run()
@@ -121,8 +122,11 @@ class SchedulerRunner:
 
 
 class AgentRunner:
-    def __init__(self, settings: Settings, *, agent_id: str, target: str, runner: Runner, slots: int = 1) -> None:
+    def __init__(
+        self, settings: Settings, *, agent_id: str, target: str, runner: Runner, slots: int = 1, lease_s: float = 15.0
+    ) -> None:
         self.settings = settings
+        self.lease_s = lease_s
         self.agent_id = agent_id
         self.target = target
         self.runner = runner
@@ -133,7 +137,14 @@ class AgentRunner:
     async def run(self) -> None:
         store = await open_store(self.settings, f"qgjob-agent-{self.agent_id}")
         try:
-            self.agent = Agent(store, agent_id=self.agent_id, target=self.target, runner=self.runner, slots=self.slots)
+            self.agent = Agent(
+                store,
+                agent_id=self.agent_id,
+                target=self.target,
+                runner=self.runner,
+                slots=self.slots,
+                lease_s=self.lease_s,
+            )
             if self._stopped:
                 return
             await self.agent.run()

@@ -23,6 +23,7 @@ from eventstore.events import (
     AgentLost,
     AgentRegistered,
     AgentStopped,
+    AppInstalled,
     BatchAssigned,
     BatchFinished,
     BatchJob,
@@ -37,6 +38,7 @@ from eventstore.events import (
     JobStarted,
     JobSubmitted,
 )
+from scheduler.estimates import Estimates
 
 Group = tuple[str, str]  # (app_version_id, target)
 
@@ -63,9 +65,12 @@ class Job:
     status: str = QUEUED
     attempts: int = 0
     failures: int = 0
+    requeues: int = 0
     ready_at: float = 0.0
     batch_id: str | None = None
     retry_pending: bool = False
+    run_id: str = ""
+    submitted_at: float = 0.0  # seconds, from the JobSubmitted event: waiting jobs age from here
 
     @property
     def group(self) -> Group:
@@ -123,13 +128,23 @@ class Requeue:
     expected: int
 
 
-Decision = Assign | ScheduleRetry | Requeue
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """End a job in ``error``: its infrastructure requeue budget is spent."""
+
+    job_id: str
+    error: str
+    expected: int
+
+
+Decision = Assign | ScheduleRetry | Requeue | GiveUp
 
 
 @dataclass(slots=True)
 class Config:
     max_batch: int = 25
     retry_backoff_s: float = 0.0
+    max_requeues: int = 3  # infrastructure requeues of one job before it ends in `error`
 
 
 @dataclass(slots=True)
@@ -144,6 +159,8 @@ class State:
     needs_retry: set[str] = field(default_factory=set)
     # jobs held by a batch that ended or an agent that left, to go back to the queue
     orphans: dict[str, str] = field(default_factory=dict)
+    # test and install durations learnt from results, to size batches and splits
+    estimates: Estimates = field(default_factory=Estimates)
 
     # --- helpers ---------------------------------------------------------
 
@@ -174,6 +191,8 @@ class State:
 
 def apply(state: State, seq: int, event: Event) -> None:
     """Fold one recorded event into ``state``."""
+    if isinstance(event, JobPassed | JobFailed | AppInstalled):
+        _learn(state, event)
     match event:
         case JobSubmitted():
             if event.job_id in state.jobs:
@@ -190,6 +209,8 @@ def apply(state: State, seq: int, event: Event) -> None:
                 dedup_key=event.dedup_key,
                 order=seq,
                 seq=seq,
+                run_id=event.run_id,
+                submitted_at=event.at.timestamp(),
             )
             state.jobs[job.job_id] = job
             state._wait(job)
@@ -240,6 +261,7 @@ def apply(state: State, seq: int, event: Event) -> None:
             if job is None or job.status == DONE:
                 return
             job.seq = seq
+            job.requeues += 1
             state._leave_batch(job)
             job.status = QUEUED
             state._wait(job)
@@ -282,6 +304,15 @@ def apply(state: State, seq: int, event: Event) -> None:
             pass
 
 
+def _learn(state: State, event: JobPassed | JobFailed | AppInstalled) -> None:
+    if isinstance(event, AppInstalled):
+        state.estimates.learn_install(event.target, event.duration_ms / 1000)
+        return
+    job = state.jobs.get(event.job_id)
+    if job is not None:
+        state.estimates.learn(job.org_id, job.test, job.target, job.run_id, event.duration_ms / 1000)
+
+
 def _release_agent(state: State, agent: Agent, reason: str) -> None:
     for batch_id in list(agent.batches):
         batch = state.batches.pop(batch_id, None)
@@ -320,7 +351,12 @@ def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision
     state.needs_retry.clear()
     for job_id, reason in sorted(state.orphans.items()):
         job = state.jobs[job_id]
-        if job.status in (ASSIGNED, RUNNING):
+        if job.status not in (ASSIGNED, RUNNING):
+            continue
+        if job.requeues >= state.config.max_requeues:
+            error = f"{reason}; gave up after {job.requeues} infrastructure requeues"
+            decisions.append(GiveUp(job_id, error, job.seq))
+        else:
             decisions.append(Requeue(job_id, reason, job.seq))
     state.orphans.clear()
     if not state.waiting:
@@ -407,10 +443,10 @@ def reject(state: State, decision: Decision) -> None:
         if job is not None and job.status == RETRYING:
             state.needs_retry.add(job.job_id)
         return
-    if isinstance(decision, Requeue):
+    if isinstance(decision, Requeue | GiveUp):
         job = state.jobs.get(decision.job_id)
         if job is not None and job.status in (ASSIGNED, RUNNING) and job.batch_id is None:
-            state.orphans[job.job_id] = decision.reason
+            state.orphans[job.job_id] = decision.reason if isinstance(decision, Requeue) else decision.error
         return
     batch = state.batches.pop(decision.batch_id, None)
     agent = state.agents.get(decision.agent_id)

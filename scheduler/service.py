@@ -8,21 +8,47 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import msgspec
+from nats.aio.msg import Msg
+
 from eventstore import Append, ConcurrencyConflict, EventStore, QgjobError
-from eventstore.events import BatchAssigned, JobAssigned, JobRequeued, JobRetryScheduled
+from eventstore.events import (
+    AgentLost,
+    AgentRegistered,
+    BatchAssigned,
+    JobAssigned,
+    JobErrored,
+    JobRequeued,
+    JobRetryScheduled,
+)
 from eventstore.ids import new_id
 from scheduler import policy
 
 log = logging.getLogger(__name__)
+DEFAULT_LEASE_S = 15.0
+
+
+class Heartbeat(msgspec.Struct):
+    agent_id: str
 
 
 class SchedulerService:
     """Runs until :meth:`stop`; rebuilds its state from the stream on start."""
 
-    def __init__(self, store: EventStore, config: policy.Config | None = None, *, tick_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        config: policy.Config | None = None,
+        *,
+        tick_s: float = 0.5,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
         self.store = store
         self.state = policy.State(config=config or policy.Config())
         self.tick_s = tick_s
+        self.lease_s = lease_s
+        self._seen: dict[str, float] = {}  # agent -> when it last showed signs of life (monotonic)
+        self._agent_seq: dict[str, int] = {}  # agent -> last sequence on its subject
         self.caught_up = asyncio.Event()
         self.last_seq = 0
         self._lock = asyncio.Lock()
@@ -32,6 +58,20 @@ class SchedulerService:
         self._stop.set()
 
     async def run(self) -> None:
+        heartbeats = await self.store.nc.subscribe(self.store.subjects.heartbeats, cb=self._on_heartbeat)
+        try:
+            await self._run()
+        finally:
+            await heartbeats.unsubscribe()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = msgspec.json.decode(msg.data, type=Heartbeat)
+        except msgspec.DecodeError:
+            return
+        self._seen[beat.agent_id] = time.monotonic()
+
+    async def _run(self) -> None:
         consume = asyncio.create_task(self._consume())
         tick = asyncio.create_task(self._tick())
         stop = asyncio.create_task(self._stop.wait())
@@ -53,17 +93,52 @@ class SchedulerService:
             for rec in batch:
                 policy.apply(self.state, rec.seq, rec.event)
                 self.last_seq = rec.seq
+                agent_id = getattr(rec.event, "agent_id", None)
+                if agent_id is not None and rec.subject.startswith(self._agent_prefix):
+                    self._agent_seq[agent_id] = rec.seq
+                if isinstance(rec.event, AgentRegistered):
+                    self._seen[rec.event.agent_id] = time.monotonic()
             if not self.caught_up.is_set() and (self.last_seq >= end or batch[-1].pending == 0):
                 log.info("scheduler caught up at sequence %s", self.last_seq)
                 self.caught_up.set()
             if self.caught_up.is_set():
                 await self.decide()
 
+    @property
+    def _agent_prefix(self) -> str:
+        return f"{self.store.subjects.prefix}.agent."
+
     async def _tick(self) -> None:
         await self.caught_up.wait()
+        now = time.monotonic()
+        for agent_id in self.state.agents:
+            self._seen.setdefault(agent_id, now)  # every agent gets a full lease after a (re)start
         while True:
             await asyncio.sleep(self.tick_s)
+            await self.expire_leases()
             await self.decide()
+
+    async def expire_leases(self) -> None:
+        """Record AgentLost for every live agent silent for longer than the lease."""
+        now = time.monotonic()
+        for agent in list(self.state.agents.values()):
+            if not agent.alive:
+                continue
+            seen = self._seen.setdefault(agent.agent_id, now)
+            if now - seen <= self.lease_s:
+                continue
+            reason = f"no heartbeat for {now - seen:.0f}s (lease {self.lease_s:g}s)"
+            try:
+                await self.store.append(
+                    self.store.subjects.agent(agent.target, agent.agent_id),
+                    AgentLost(agent_id=agent.agent_id, reason=reason),
+                    expected=self._agent_seq.get(agent.agent_id),
+                )
+                log.warning("agent %s lost: %s", agent.agent_id, reason, extra={"agent_id": agent.agent_id})
+            except ConcurrencyConflict:
+                log.info("agent %s spoke meanwhile; its lease stands", agent.agent_id)
+            except QgjobError as exc:
+                log.warning("could not record that agent %s is lost: %s", agent.agent_id, exc)
 
     async def decide(self) -> None:
         async with self._lock:
@@ -116,6 +191,13 @@ class SchedulerService:
                         attempt=decision.attempt,
                         not_before=datetime.fromtimestamp(decision.not_before, UTC),
                     ),
+                    expected=decision.expected,
+                )
+            elif isinstance(decision, policy.GiveUp):
+                job = self.state.jobs[decision.job_id]
+                await self.store.append(
+                    self._job_subject(decision.job_id),
+                    JobErrored(job_id=decision.job_id, error=decision.error, dedup_key=job.dedup_key),
                     expected=decision.expected,
                 )
             else:

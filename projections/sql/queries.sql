@@ -23,13 +23,13 @@ UPDATE jobs SET status = 'running', attempts = $2, agent_id = $3, batch_id = $4,
 WHERE job_id = $1;
 
 -- name: job_passed
-UPDATE jobs SET status = 'passed', flaky = $2::integer > 1, duration_ms = $3, finished_at = $4,
-                subject_seq = $5, last_seq = $5
+UPDATE jobs SET status = 'passed', flaky = failures > 0, duration_ms = $2, finished_at = $3,
+                subject_seq = $4, last_seq = $4
 WHERE job_id = $1;
 
 -- name: job_failed
 UPDATE jobs SET status = CASE WHEN $2::boolean THEN 'failed' ELSE 'retrying' END,
-                duration_ms = $3, error = $4,
+                failures = failures + 1, duration_ms = $3, error = $4,
                 finished_at = CASE WHEN $2::boolean THEN $5::timestamptz ELSE NULL END,
                 subject_seq = $6, last_seq = $6
 WHERE job_id = $1;

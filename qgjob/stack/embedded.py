@@ -48,6 +48,7 @@ class StackOptions:
     simulate_file: Path | None = None
     durable: bool = True
     orgs: tuple[str, ...] = ()
+    lease_s: float = 15.0
 
 
 def _port_free(port: int) -> bool:
@@ -180,7 +181,7 @@ class EmbeddedStack:
         port = int(self.credentials.url.rsplit(":", 1)[1])
         out: list[Any] = [
             ProjectorService(self.settings),
-            SchedulerRunner(self.settings),
+            SchedulerRunner(self.settings, lease_s=self.options.lease_s),
             ApiService(self.settings, port=port),
         ]
         opts = self.options
@@ -192,7 +193,11 @@ class EmbeddedStack:
                     )
                 else:
                     runner = SimulateRunner(duration_s=opts.test_seconds, install_s=opts.install_seconds)
-                out.append(AgentRunner(self.settings, agent_id=f"{target}-{n}", target=target, runner=runner))
+                out.append(
+                    AgentRunner(
+                        self.settings, agent_id=f"{target}-{n}", target=target, runner=runner, lease_s=opts.lease_s
+                    )
+                )
         return out
 
 

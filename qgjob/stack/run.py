@@ -22,6 +22,7 @@ def up(
     install_seconds: float = 2.0,
     simulate_file: Path | None = None,
     orgs: tuple[str, ...] = (),
+    lease_s: float = 15.0,
 ) -> int:
     stack = EmbeddedStack(
         data_dir,
@@ -32,6 +33,7 @@ def up(
             install_seconds=install_seconds,
             simulate_file=simulate_file,
             orgs=orgs,
+            lease_s=lease_s,
         ),
     )
     stack.lock()

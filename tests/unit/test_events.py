@@ -35,6 +35,7 @@ from eventstore.events import (
     JobStarted,
     JobSubmitted,
     KeysClaimed,
+    ResultRejected,
     SubmissionRecorded,
     TokenCreated,
     decode_event,
@@ -110,6 +111,9 @@ SAMPLES: dict[str, Event] = {
     ),
     "AgentStopped": AgentStopped(agent_id="agt_1", at=AT),
     "AgentLost": AgentLost(agent_id="agt_1", reason="no heartbeat for 30s", at=AT),
+    "ResultRejected": ResultRejected(
+        agent_id="agt_1", job_id="job_a", batch_id="bat_1", report="JobPassed", reason="the job moved on", at=AT
+    ),
     "KeysClaimed": KeysClaimed(
         org_id="acme",
         app_version_id="2.4.0",

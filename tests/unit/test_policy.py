@@ -36,6 +36,7 @@ from scheduler.policy import (
     Assign,
     Config,
     Decision,
+    GiveUp,
     Requeue,
     ScheduleRetry,
     State,
@@ -131,6 +132,9 @@ class Sim:
                     not_before=datetime.fromtimestamp(decision.not_before, UTC),
                 )
             )
+        elif isinstance(decision, GiveUp):
+            assert decision.expected == self.last_seq[decision.job_id]
+            self.feed(JobErrored(job_id=decision.job_id, error=decision.error))
         else:
             assert decision.expected == self.last_seq[decision.job_id]
             self.feed(JobRequeued(job_id=decision.job_id, reason=decision.reason))
@@ -713,6 +717,27 @@ def test_infrastructure_requeue_does_not_use_the_retry_budget() -> None:
     assert job.failures + 1 <= job.max_retries
 
 
+def test_infrastructure_requeues_are_bounded_then_the_job_errors() -> None:
+    sim = Sim(max_requeues=2)
+    sim.submit("job_0", "v1")
+    for n in range(3):
+        sim.register(f"agt_{n}")
+    for n in range(3):
+        (a,) = sim.assigns()
+        sim.record(a)
+        sim.start(a, "job_0")
+        sim.feed(AgentLost(agent_id=a.agent_id))
+        (decision,) = sim.decide()
+        if n < 2:
+            assert isinstance(decision, Requeue)
+        else:
+            assert isinstance(decision, GiveUp)
+            assert "gave up after 2 infrastructure requeues" in decision.error
+        sim.record(decision)
+    assert sim.state.jobs["job_0"].status == "done"
+    assert sim.assigns() == []
+
+
 # --- agents leaving, batches ending ------------------------------------------------------
 
 
@@ -884,6 +909,12 @@ def _decide_once(sim: Sim, tr: Tracker) -> int:
         elif isinstance(d, Requeue):
             assert tr.terminal[d.job_id] == 0
             tr.holder.pop(d.job_id, None)
+        elif isinstance(d, GiveUp):
+            # infrastructure requeues exhausted: the job ends in `error`
+            assert tr.terminal[d.job_id] == 0
+            assert sim.state.jobs[d.job_id].requeues >= sim.state.config.max_requeues
+            tr.holder.pop(d.job_id, None)
+            tr.terminal[d.job_id] += 1
         else:
             assert tr.terminal[d.job_id] == 0
         sim.record(d)

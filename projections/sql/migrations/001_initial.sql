@@ -15,6 +15,7 @@ CREATE TABLE jobs (
     dedup_key       text NOT NULL,
     status          text NOT NULL,
     attempts        integer NOT NULL DEFAULT 0,
+    failures        integer NOT NULL DEFAULT 0,
     flaky           boolean NOT NULL DEFAULT false,
     agent_id        text,
     batch_id        text,

@@ -1,0 +1,125 @@
+"""The agent against real JetStream: fenced reports, recorded rejections,
+heartbeats, and dropping its work when declared lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.agent import Agent
+from agents.runners import SimulateRunner
+from eventstore import Append, EventStore
+from eventstore.events import (
+    AgentLost,
+    BatchAssigned,
+    BatchJob,
+    JobAssigned,
+    JobRequeued,
+    JobStarted,
+    JobSubmitted,
+    ResultRejected,
+)
+
+
+async def assign_one(store: EventStore, agent_id: str, job_id: str, test: str) -> str:
+    s = store.subjects
+    subject = s.job("v1", "emulator", "acme", job_id)
+    seq = await store.append(
+        subject,
+        JobSubmitted(job_id=job_id, org_id="acme", app_version_id="v1", test=test, target="emulator", run_id="r"),
+        expected=0,
+    )
+    job = BatchJob(job_id=job_id, org_id="acme", test=test, attempt=1, max_retries=0)
+    batch = BatchAssigned(
+        batch_id=f"bat_{job_id}", agent_id=agent_id, app_version_id="v1", target="emulator", jobs=[job], install=True
+    )
+    await store.append_many(
+        [
+            Append(s.batch("v1", "emulator", batch.batch_id), batch, 0),
+            Append(subject, JobAssigned(job_id=job_id, batch_id=batch.batch_id, agent_id=agent_id), seq),
+        ]
+    )
+    return subject
+
+
+async def wait_for(store: EventStore, subject: str, kind: type, timeout: float = 10) -> list:  # type: ignore[type-arg]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        found = [r.event for r in await store.history(subject) if isinstance(r.event, kind)]
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(
+        f"no {kind.__name__} on {subject}: {[type(r.event).__name__ for r in await store.history(subject)]}"
+    )
+
+
+async def test_a_late_result_is_rejected_by_the_store_and_recorded(store: EventStore) -> None:
+    agent = Agent(
+        store, agent_id="emu-1", target="emulator", runner=SimulateRunner(duration_s=0.6, install_s=0.01), lease_s=30
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.3)  # registered and listening
+        subject = await assign_one(store, "emu-1", "job_late", "tests/slow.spec.js")
+        (started,) = await wait_for(store, subject, JobStarted)
+        assert started.agent_id == "emu-1"
+        # Meanwhile the scheduler gave the job back (say the lease had expired).
+        last = await store.last(subject)
+        assert last is not None
+        await store.append(subject, JobRequeued(job_id="job_late", reason="lease expired"), expected=last.seq)
+        (rejected,) = await wait_for(store, store.subjects.agent("emulator", "emu-1"), ResultRejected)
+        assert rejected.job_id == "job_late" and rejected.report == "JobPassed"
+        assert "moved on" in rejected.reason
+        kinds = [type(r.event).__name__ for r in await store.history(subject)]
+        assert kinds == ["JobSubmitted", "JobAssigned", "JobStarted", "JobRequeued"]  # the late pass never landed
+        assert agent.rejected == 1
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_heartbeats_flow_while_the_agent_lives(store: EventStore) -> None:
+    beats: list[bytes] = []
+
+    async def on_beat(msg) -> None:  # type: ignore[no-untyped-def]
+        beats.append(msg.data)
+
+    sub = await store.nc.subscribe(store.subjects.heartbeats, cb=on_beat)
+    agent = Agent(store, agent_id="dev-1", target="device", runner=SimulateRunner(), lease_s=0.5)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.6)
+        assert len(beats) >= 3  # every lease/5
+        assert b'"agent_id":"dev-1"' in beats[0]
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+        await sub.unsubscribe()
+    assert await store.last(store.subjects.job("x", "y", "z", "none")) is None  # heartbeats are not stored
+
+
+async def test_declared_lost_it_drops_its_batch_and_registers_again(store: EventStore) -> None:
+    agent = Agent(
+        store, agent_id="emu-2", target="emulator", runner=SimulateRunner(duration_s=5, install_s=0.01), lease_s=30
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.3)
+        subject = await assign_one(store, "emu-2", "job_dropped", "tests/long.spec.js")
+        await wait_for(store, subject, JobStarted)
+        agent_subject = store.subjects.agent("emulator", "emu-2")
+        await store.append(agent_subject, AgentLost(agent_id="emu-2", reason="no heartbeat for 31s"))
+        deadline = asyncio.get_running_loop().time() + 5
+        while asyncio.get_running_loop().time() < deadline:
+            kinds = [type(r.event).__name__ for r in await store.history(agent_subject)]
+            if kinds[-1:] == ["AgentRegistered"] and "AgentLost" in kinds:
+                break
+            await asyncio.sleep(0.05)
+        assert kinds == ["AgentRegistered", "AgentLost", "AgentRegistered"], kinds
+        await asyncio.sleep(0.2)
+        assert not agent._tasks  # the 5 s test was abandoned, not finished
+        kinds = [type(r.event).__name__ for r in await store.history(subject)]
+        assert "JobPassed" not in kinds
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
