@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -26,6 +27,7 @@ from eventstore.events import (
     BatchJob,
     Event,
     JobAssigned,
+    JobCancelled,
     JobFailed,
     JobPassed,
     JobStarted,
@@ -66,6 +68,8 @@ class Agent:
         self.installs = 0
         self.rejected = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[Any]] = {}  # job id -> its test, while it runs
+        self._cancelled: set[str] = set()
         self._stop = asyncio.Event()
         self._ids = {"agent_id": agent_id}
 
@@ -157,15 +161,32 @@ class Agent:
         async for rec in self.store.subscribe(self.store.subjects.batches(self.target), from_seq=start):
             event = rec.event
             if isinstance(event, BatchAssigned) and event.agent_id == self.agent_id:
-                task = asyncio.create_task(self._run_batch(event))
+                task = asyncio.create_task(self._run_batch(event, rec.seq))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
     def _job_subject(self, batch: BatchAssigned, job: BatchJob) -> str:
         return self.store.subjects.job(batch.app_version_id, batch.target, job.org_id, job.job_id)
 
-    async def _run_batch(self, batch: BatchAssigned) -> None:
+    async def _watch_cancels(self, batch: BatchAssigned, from_seq: int) -> None:
+        """Stop a running test of this batch as soon as its job is cancelled."""
+        wanted = {j.job_id for j in batch.jobs}
+        async for rec in self.store.subscribe(
+            self.store.subjects.jobs(batch.app_version_id, batch.target), from_seq=from_seq
+        ):
+            event = rec.event
+            if isinstance(event, JobCancelled) and event.job_id in wanted:
+                running = self._running.get(event.job_id)
+                if running is not None and not running.done():
+                    log.info(
+                        "job %s cancelled: stopping its test", event.job_id, extra={**self._ids, "job_id": event.job_id}
+                    )
+                    self._cancelled.add(event.job_id)
+                    running.cancel()
+
+    async def _run_batch(self, batch: BatchAssigned, seq: int = 1) -> None:
         ids = {"batch_id": batch.batch_id, "agent_id": self.agent_id}
+        watcher = asyncio.create_task(self._watch_cancels(batch, seq))
         try:
             if batch.install or self.installed != batch.app_version_id:
                 started = time.monotonic()
@@ -189,6 +210,7 @@ class Agent:
         except QgjobError as exc:
             log.error("batch %s aborted: %s", batch.batch_id, exc, extra=ids)
         finally:
+            watcher.cancel()
             try:
                 await self.store.append(
                     self.store.subjects.batch(batch.app_version_id, batch.target, batch.batch_id),
@@ -213,7 +235,18 @@ class Agent:
         except ConcurrencyConflict as exc:
             await self._rejected(batch, job, "JobStarted", str(exc))
             return
-        outcome = await self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt)
+        running = asyncio.create_task(self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt))
+        self._running[job.job_id] = running
+        try:
+            outcome = await running
+        except asyncio.CancelledError:
+            if job.job_id not in self._cancelled:
+                raise  # the agent itself is stopping or lost its lease
+            self._cancelled.discard(job.job_id)
+            log.info("job %s was cancelled while it ran; its test was stopped", job.job_id, extra=ids)
+            return
+        finally:
+            self._running.pop(job.job_id, None)
         self.jobs_run += 1
         final = outcome.passed or job.failures + 1 > job.max_retries
         result: Event

@@ -11,8 +11,10 @@ from eventstore import Append, EventStore
 from eventstore.events import (
     AgentLost,
     BatchAssigned,
+    BatchFinished,
     BatchJob,
     JobAssigned,
+    JobCancelled,
     JobRequeued,
     JobStarted,
     JobSubmitted,
@@ -120,6 +122,33 @@ async def test_declared_lost_it_drops_its_batch_and_registers_again(store: Event
         assert not agent._tasks  # the 5 s test was abandoned, not finished
         kinds = [type(r.event).__name__ for r in await store.history(subject)]
         assert "JobPassed" not in kinds
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_cancelling_a_running_job_stops_its_test(store: EventStore) -> None:
+    agent = Agent(
+        store, agent_id="emu-3", target="emulator", runner=SimulateRunner(duration_s=5, install_s=0.01), lease_s=30
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.3)
+        subject = await assign_one(store, "emu-3", "job_cancel", "tests/long.spec.js")
+        await wait_for(store, subject, JobStarted)
+        assert "job_cancel" in agent._running
+        last = await store.last(subject)
+        assert last is not None
+        started = asyncio.get_running_loop().time()
+        await store.append(subject, JobCancelled(job_id="job_cancel"), expected=last.seq)
+        while "job_cancel" in agent._running and asyncio.get_running_loop().time() - started < 3:
+            await asyncio.sleep(0.02)
+        assert "job_cancel" not in agent._running
+        assert asyncio.get_running_loop().time() - started < 2  # stopped, not run to its 5 s end
+        await wait_for(store, store.subjects.batch("v1", "emulator", "bat_job_cancel"), BatchFinished)
+        kinds = [type(r.event).__name__ for r in await store.history(subject)]
+        assert kinds == ["JobSubmitted", "JobAssigned", "JobStarted", "JobCancelled"]
+        assert agent.rejected == 0 and agent.jobs_run == 0
     finally:
         agent.stop()
         await asyncio.wait_for(task, 10)
