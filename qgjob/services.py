@@ -23,6 +23,7 @@ from projections.schema import connect_pool, migrate
 from qgjob.api.app import create_app
 from qgjob.settings import Settings
 from scheduler import policy
+from scheduler.leader import Leadership
 from scheduler.service import SchedulerService
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class SchedulerRunner:
     async def run(self) -> None:
         store = await open_store(self.settings, "qgjob-scheduler")
         try:
-            self.service = SchedulerService(store, self.config, lease_s=self.lease_s)
+            self.service = SchedulerService(store, self.config, lease_s=self.lease_s, leadership=Leadership(store))
             if self._stopped:
                 return
             await self.service.run()

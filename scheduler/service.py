@@ -23,6 +23,7 @@ from eventstore.events import (
 )
 from eventstore.ids import new_id
 from scheduler import policy
+from scheduler.leader import Leadership
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 15.0
@@ -42,8 +43,10 @@ class SchedulerService:
         *,
         tick_s: float = 0.5,
         lease_s: float = DEFAULT_LEASE_S,
+        leadership: Leadership | None = None,
     ) -> None:
         self.store = store
+        self.leadership = leadership
         self.state = policy.State(config=config or policy.Config())
         self.tick_s = tick_s
         self.lease_s = lease_s
@@ -57,11 +60,20 @@ class SchedulerService:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def leading(self) -> bool:
+        return self.leadership is None or self.leadership.leading.is_set()
+
     async def run(self) -> None:
         heartbeats = await self.store.nc.subscribe(self.store.subjects.heartbeats, cb=self._on_heartbeat)
+        election = asyncio.create_task(self.leadership.run()) if self.leadership is not None else None
         try:
             await self._run()
         finally:
+            if election is not None:
+                election.cancel()
+                await asyncio.gather(election, return_exceptions=True)
+                await self.leadership.resign()  # type: ignore[union-attr]
             await heartbeats.unsubscribe()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -101,7 +113,7 @@ class SchedulerService:
             if not self.caught_up.is_set() and (self.last_seq >= end or batch[-1].pending == 0):
                 log.info("scheduler caught up at sequence %s", self.last_seq)
                 self.caught_up.set()
-            if self.caught_up.is_set():
+            if self.caught_up.is_set() and self.leading:
                 await self.decide()
 
     @property
@@ -115,6 +127,8 @@ class SchedulerService:
             self._seen.setdefault(agent_id, now)  # every agent gets a full lease after a (re)start
         while True:
             await asyncio.sleep(self.tick_s)
+            if not self.leading:
+                continue  # a standby keeps its state current and waits
             await self.expire_leases()
             await self.decide()
 
