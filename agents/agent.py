@@ -203,10 +203,12 @@ class Agent:
                         duration_ms=int((time.monotonic() - started) * 1000),
                     ),
                 )
-            for job in batch.jobs:
+            for n, job in enumerate(batch.jobs):
                 if self._stop.is_set():
                     break
-                await self._run_job(batch, job)
+                # The assignment was one atomic batch: BatchAssigned, then each
+                # JobAssigned in order, at consecutive sequences.
+                await self._run_job(batch, job, assigned_seq=seq + 1 + n)
         except QgjobError as exc:
             log.error("batch %s aborted: %s", batch.batch_id, exc, extra=ids)
         finally:
@@ -219,21 +221,34 @@ class Agent:
             except QgjobError as exc:
                 log.warning("could not record the end of batch %s: %s", batch.batch_id, exc, extra=ids)
 
-    async def _run_job(self, batch: BatchAssigned, job: BatchJob) -> None:
+    async def _start(self, batch: BatchAssigned, job: BatchJob, assigned_seq: int | None) -> int | None:
+        """Record JobStarted, fenced on the job's JobAssigned; ``None`` if the job moved on.
+
+        The JobAssigned sequence is usually known from the batch; if anything
+        happened to the job since (a cancel), read its subject and decide.
+        """
         subject = self._job_subject(batch, job)
-        ids = {"job_id": job.job_id, "batch_id": batch.batch_id, "agent_id": self.agent_id}
+        started = JobStarted(job_id=job.job_id, batch_id=batch.batch_id, agent_id=self.agent_id, attempt=job.attempt)
+        if assigned_seq is not None:
+            try:
+                return await self.store.append(subject, started, expected=assigned_seq)
+            except ConcurrencyConflict:
+                pass
         last = await self.store.last(subject)
         if last is None or not isinstance(last.event, JobAssigned) or last.event.batch_id != batch.batch_id:
-            log.info("job %s is no longer ours, skipping", job.job_id, extra=ids)
-            return
+            log.info("job %s is no longer ours, skipping", job.job_id, extra={**self._ids, "job_id": job.job_id})
+            return None
         try:
-            seq = await self.store.append(
-                subject,
-                JobStarted(job_id=job.job_id, batch_id=batch.batch_id, agent_id=self.agent_id, attempt=job.attempt),
-                expected=last.seq,
-            )
+            return await self.store.append(subject, started, expected=last.seq)
         except ConcurrencyConflict as exc:
             await self._rejected(batch, job, "JobStarted", str(exc))
+            return None
+
+    async def _run_job(self, batch: BatchAssigned, job: BatchJob, *, assigned_seq: int | None = None) -> None:
+        subject = self._job_subject(batch, job)
+        ids = {"job_id": job.job_id, "batch_id": batch.batch_id, "agent_id": self.agent_id}
+        seq = await self._start(batch, job, assigned_seq)
+        if seq is None:
             return
         running = asyncio.create_task(self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt))
         self._running[job.job_id] = running

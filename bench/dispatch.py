@@ -1,0 +1,179 @@
+"""Dispatch benchmark: how fast a job reaches an idle agent, and how many jobs
+per second flow from submit to `passed`.
+
+Measured in one run against real servers, every service its own process:
+
+- dispatch latency: submit (POST /v1/jobs) to JobStarted seen on NATS, p50 and
+  p99 over jobs submitted one at a time to idle agents, beside a raw NATS
+  request/reply round trip measured in the same run (the floor);
+- throughput: jobs/s from the first submit to the last job `passed` in the
+  projections, zero-duration simulated tests, 4 agents.
+
+Aims: dispatch p99 <= 10 ms; throughput >= 1,000 jobs/s.
+Usage: python bench/dispatch.py [--jobs 2000] [--throughput-jobs 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import msgspec  # noqa: E402
+import nats  # noqa: E402
+
+from bench.common import Servers, percentile, servers, table, write_json  # noqa: E402
+from bench.loadclient import Connection  # noqa: E402
+from eventstore import EventStore  # noqa: E402
+from qgjob.api.auth import create_token  # noqa: E402
+
+
+async def raw_round_trips(url: str, n: int) -> list[float]:
+    nc = await nats.connect(url)
+
+    async def echo(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(msg.data)
+
+    await nc.subscribe("bench.echo", cb=echo)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await nc.request("bench.echo", b"x" * 300, timeout=5)
+        out.append((time.perf_counter() - t) * 1000)
+    await nc.close()
+    return out
+
+
+async def dispatch_latencies(s: Servers, url: str, token: str, n: int) -> list[float]:
+    nc = await nats.connect(s.nats_url)
+    started: dict[str, asyncio.Event] = {}
+    seen: dict[str, float] = {}
+
+    async def on_event(msg) -> None:  # type: ignore[no-untyped-def]
+        if b'"type":"JobStarted"' in msg.data:
+            job_id = msg.subject.rsplit(".", 1)[1]
+            seen[job_id] = time.perf_counter()
+            if job_id in started:
+                started[job_id].set()
+
+    await nc.subscribe("qgjob.job.dispatch-1%2E0.>", cb=on_event)
+    out = []
+    async with Connection(url, token) as conn:
+        for i in range(n + 20):
+            body = msgspec.json.encode(
+                {"org_id": "acme", "app_version_id": "dispatch-1.0", "test": f"t/{i}.spec.js", "target": "emulator"}
+            )
+            t = time.perf_counter()
+            status, answer = await conn.request("POST", "/v1/jobs", body)
+            if status != 201:
+                raise RuntimeError(f"submit failed: {status} {answer[:200]!r}")
+            job_id = msgspec.json.decode(answer)["job_id"]
+            if job_id not in seen:
+                started[job_id] = asyncio.Event()
+                await asyncio.wait_for(started[job_id].wait(), 10)
+            if i >= 20:  # the first ones warm up caches and install the build
+                out.append((seen[job_id] - t) * 1000)
+    await nc.close()
+    return out
+
+
+async def passed_now(conn: Connection) -> int:
+    status, answer = await conn.request("GET", "/v1/metrics")
+    return int(msgspec.json.decode(answer)["jobs_by_status"]["passed"])
+
+
+async def throughput(url: str, token: str, n: int) -> float:
+    async with Connection(url, token) as conn:
+        before = await passed_now(conn)
+        start = time.perf_counter()
+        for r in range(0, n, 1000):
+            body = msgspec.json.encode(
+                {
+                    "org_id": "acme",
+                    "app_version_id": f"flow-{r // 1000 % 4}.0",
+                    "target": "emulator",
+                    "jobs": [{"test": f"t/{r + i}.spec.js"} for i in range(min(1000, n - r))],
+                }
+            )
+            status, answer = await conn.request("POST", "/v1/jobs", body)
+            if status != 201:
+                raise RuntimeError(f"submit failed: {status} {answer[:200]!r}")
+        while True:
+            passed = await passed_now(conn) - before
+            if passed >= n:
+                return n / (time.perf_counter() - start)
+            if time.perf_counter() - start > 600:
+                raise RuntimeError(f"only {passed} of {n} passed")
+            await asyncio.sleep(0.05)
+
+
+async def breakdown(url: str) -> None:
+    """Where the dispatch time goes, from the stream's own timestamps."""
+    store = await EventStore.connect(url)
+    times: dict[str, dict[str, float]] = {}
+    async for rec in store.read(store.subjects.jobs("dispatch-1.0")):
+        if rec.time is not None:
+            times.setdefault(rec.subject, {})[type(rec.event).__name__] = rec.time.timestamp()
+    await store.close()
+    gaps: dict[str, list[float]] = {"submitted->assigned": [], "assigned->started": []}
+    for t in times.values():
+        if {"JobSubmitted", "JobAssigned", "JobStarted"} <= set(t):
+            gaps["submitted->assigned"].append((t["JobAssigned"] - t["JobSubmitted"]) * 1000)
+            gaps["assigned->started"].append((t["JobStarted"] - t["JobAssigned"]) * 1000)
+    for name, values in gaps.items():
+        print(f"{name}: p50 {percentile(values, 50):.2f} ms, p99 {percentile(values, 99):.2f} ms", file=sys.stderr)
+
+
+async def main(args: argparse.Namespace) -> None:
+    with servers() as s:
+        store = await EventStore.connect(s.nats_url)
+        await store.ensure_stream()
+        token, _ = await create_token(store, org_id=None, admin=True)
+        await store.close()
+        url = s.start_api(1)
+        s.start("serve", "projector", "--log-level", "warning")
+        s.start("serve", "scheduler", "--log-level", "warning")
+        for n in range(4):
+            s.start(
+                "agent", "--target", "emulator", "--name", f"emu-{n}", "--test-seconds", "0",
+                "--install-seconds", "0", "--log-level", "warning",
+            )  # fmt: skip
+        await asyncio.sleep(2)
+        raw = await raw_round_trips(s.nats_url, args.jobs)
+        lat = await dispatch_latencies(s, url, token, args.jobs)
+        if args.breakdown:
+            await breakdown(s.nats_url)
+        flow = await throughput(url, token, args.throughput_jobs) if args.throughput_jobs else float("nan")
+
+    rows = [
+        ("raw NATS request/reply p50", f"{percentile(raw, 50):.2f} ms", "floor"),
+        ("raw NATS request/reply p99", f"{percentile(raw, 99):.2f} ms", "floor"),
+        (f"dispatch submit->JobStarted p50 ({len(lat)} jobs)", f"{percentile(lat, 50):.2f} ms", ""),
+        (f"dispatch submit->JobStarted p99 ({len(lat)} jobs)", f"{percentile(lat, 99):.2f} ms", "<= 10 ms"),
+        (f"end-to-end throughput, 4 agents ({args.throughput_jobs} jobs)", f"{flow:,.0f} jobs/s", ">= 1,000 jobs/s"),
+    ]
+    print(table("qgjob dispatch benchmark", rows))
+    path = write_json(
+        "dispatch",
+        {
+            "raw_rtt_p50_ms": percentile(raw, 50),
+            "raw_rtt_p99_ms": percentile(raw, 99),
+            "dispatch_p50_ms": percentile(lat, 50),
+            "dispatch_p99_ms": percentile(lat, 99),
+            "throughput_jobs_per_s": flow,
+            "params": vars(args),
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs submitted one at a time for the latency")
+    parser.add_argument("--throughput-jobs", type=int, default=8000, help="jobs for the throughput run")
+    parser.add_argument("--breakdown", action="store_true", help="also print where the dispatch time goes")
+    asyncio.run(main(parser.parse_args()))
