@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import msgspec  # noqa: E402
-import nats  # noqa: E402
+import msgspec
+import nats
 
-from bench.common import Servers, percentile, servers, table, write_json  # noqa: E402
-from bench.loadclient import Connection  # noqa: E402
-from eventstore import EventStore  # noqa: E402
-from qgjob.api.auth import create_token  # noqa: E402
+from bench.common import Servers, percentile, servers, table, write_json
+from bench.loadclient import Connection
+from eventstore import EventStore
+from qgjob.api.auth import create_token
 
 
 async def raw_round_trips(url: str, n: int) -> list[float]:
@@ -82,7 +82,7 @@ async def dispatch_latencies(s: Servers, url: str, token: str, n: int) -> list[f
 
 
 async def passed_now(conn: Connection) -> int:
-    status, answer = await conn.request("GET", "/v1/metrics")
+    _status, answer = await conn.request("GET", "/v1/metrics")
     return int(msgspec.json.decode(answer)["jobs_by_status"]["passed"])
 
 
