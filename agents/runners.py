@@ -2,32 +2,81 @@
 
 ``simulate`` takes durations and outcomes from a JSON file or from rules in
 the test path: a path containing ``fail`` always fails, one containing
-``flaky`` fails on its first attempt and passes after.
+``flaky`` fails on its first attempt and passes after. ``command``
+(:mod:`agents.command`) runs a command template per test, and ``appwright``
+(:mod:`agents.appwright`) runs ``npx appwright test`` and reads its JSON report.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
+from eventstore.errors import QgjobError
+
+LOG_TAIL_BYTES = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """The result of one attempt of one test."""
+
     passed: bool
     duration_ms: int
     error: str | None = None
+    log: bytes = field(default=b"", repr=False)  # the attempt's whole stdout and stderr, interleaved
+
+    @property
+    def log_tail(self) -> str:
+        """The last 4 KiB of the log as text (undecodable bytes replaced)."""
+        return tail_text(self.log)
+
+
+def tail_text(data: bytes, size: int = LOG_TAIL_BYTES) -> str:
+    """The last ``size`` bytes of ``data`` decoded as UTF-8, never starting mid-character."""
+    tail = data[-size:]
+    if len(data) > size:
+        skip = 0
+        while skip < 3 and skip < len(tail) and tail[skip] & 0xC0 == 0x80:
+            skip += 1
+        tail = tail[skip:]
+    return tail.decode("utf-8", errors="replace")
+
+
+class InstallFailed(QgjobError):
+    """Installing the build on the target failed."""
+
+
+def timed_out_message(seconds: float) -> str:
+    """The error of an attempt stopped by its timeout: ``timed out after 30 s``."""
+    return f"timed out after {seconds:g} s"
 
 
 class Runner(Protocol):
+    """How an agent installs a build and runs one test of it.
+
+    ``install`` runs once per batch (not at all when the build is already
+    installed) and raises :class:`InstallFailed` when it fails. ``run`` never
+    raises for a failing test: a failure, a crash or a timeout (``timeout_s``,
+    when given, overrides the runner's default) is a failed :class:`Outcome`.
+
+    Cancellation: when the task awaiting ``install`` or ``run`` is cancelled,
+    the runner stops everything it started (for a process: its whole process
+    group, SIGTERM then SIGKILL after a short grace) before re-raising
+    :class:`asyncio.CancelledError`, so no process outlives the call.
+    """
+
     name: str
 
     async def install(self, app_version_id: str, target: str) -> None: ...
 
-    async def run(self, test: str, target: str, app_version_id: str, attempt: int) -> Outcome: ...
+    async def run(
+        self, test: str, target: str, app_version_id: str, attempt: int, timeout_s: float | None = None
+    ) -> Outcome: ...
 
 
 class SimulatedTest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -85,8 +134,13 @@ class SimulateRunner:
             return self.duration_s, attempt > 1, f"{test}: timed out waiting for element (simulated flake)"
         return self.duration_s, True, ""
 
-    async def run(self, test: str, target: str, app_version_id: str, attempt: int) -> Outcome:
+    async def run(
+        self, test: str, target: str, app_version_id: str, attempt: int, timeout_s: float | None = None
+    ) -> Outcome:
         seconds, passed, error = self.plan(test, attempt)
+        if timeout_s is not None and seconds > timeout_s:
+            await asyncio.sleep(timeout_s)
+            return Outcome(passed=False, duration_ms=int(timeout_s * 1000), error=timed_out_message(timeout_s))
         if seconds > 0:
             await asyncio.sleep(seconds)
         return Outcome(passed=passed, duration_ms=int(seconds * 1000), error=None if passed else error)
