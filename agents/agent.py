@@ -33,6 +33,7 @@ from eventstore.events import (
     JobStarted,
     ResultRejected,
 )
+from eventstore.logs import LogStore
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Agent:
         heartbeat_s: float | None = None,
     ) -> None:
         self.store = store
+        self.logs = LogStore(store)
         self.agent_id = agent_id
         self.target = target
         self.runner = runner
@@ -250,7 +252,9 @@ class Agent:
         seq = await self._start(batch, job, assigned_seq)
         if seq is None:
             return
-        running = asyncio.create_task(self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt))
+        running = asyncio.create_task(
+            self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt, timeout_s=job.timeout_s)
+        )
         self._running[job.job_id] = running
         try:
             outcome = await running
@@ -263,6 +267,11 @@ class Agent:
         finally:
             self._running.pop(job.job_id, None)
         self.jobs_run += 1
+        if outcome.log:
+            try:
+                await self.logs.put(job.job_id, job.attempt, outcome.log)
+            except QgjobError as exc:
+                log.warning("%s", exc, extra=ids)
         final = outcome.passed or job.failures + 1 > job.max_retries
         result: Event
         if outcome.passed:
@@ -273,6 +282,7 @@ class Agent:
                 attempt=job.attempt,
                 duration_ms=outcome.duration_ms,
                 dedup_key=job.dedup_key,
+                log_tail=outcome.log_tail,
             )
         else:
             result = JobFailed(
@@ -284,6 +294,7 @@ class Agent:
                 error=outcome.error or "failed",
                 final=final,
                 dedup_key=job.dedup_key,
+                log_tail=outcome.log_tail,
             )
         try:
             await self.store.append(subject, result, expected=seq)

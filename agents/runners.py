@@ -138,9 +138,16 @@ class SimulateRunner:
         self, test: str, target: str, app_version_id: str, attempt: int, timeout_s: float | None = None
     ) -> Outcome:
         seconds, passed, error = self.plan(test, attempt)
+        head = f"[simulate] {test} on {target} ({app_version_id}), attempt {attempt}\n"
         if timeout_s is not None and seconds > timeout_s:
             await asyncio.sleep(timeout_s)
-            return Outcome(passed=False, duration_ms=int(timeout_s * 1000), error=timed_out_message(timeout_s))
+            message = timed_out_message(timeout_s)
+            return Outcome(
+                passed=False, duration_ms=int(timeout_s * 1000), error=message, log=f"{head}{message}\n".encode()
+            )
         if seconds > 0:
             await asyncio.sleep(seconds)
-        return Outcome(passed=passed, duration_ms=int(seconds * 1000), error=None if passed else error)
+        tail = "1 passed\n" if passed else f"Error: {error}\n1 failed\n"
+        return Outcome(
+            passed=passed, duration_ms=int(seconds * 1000), error=None if passed else error, log=(head + tail).encode()
+        )

@@ -67,6 +67,7 @@ class JobPassed(Event, frozen=True, kw_only=True):
     attempt: int
     duration_ms: int
     dedup_key: str = ""
+    log_tail: str = ""  # the end of the attempt's output; the whole log is in the log store
 
 
 class JobFailed(Event, frozen=True, kw_only=True):
@@ -80,6 +81,7 @@ class JobFailed(Event, frozen=True, kw_only=True):
     error: str
     final: bool
     dedup_key: str = ""
+    log_tail: str = ""
 
 
 class JobRetryScheduled(Event, frozen=True, kw_only=True):

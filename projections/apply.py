@@ -143,6 +143,7 @@ def _job_passed(e: JobPassed, seq: int) -> list[Statement]:
                 e.duration_ms,
                 e.at,
                 seq,
+                e.log_tail or None,
             ),
         )
     ]
@@ -160,6 +161,7 @@ def _job_failed(e: JobFailed, seq: int) -> list[Statement]:
                 e.error,
                 e.at,
                 seq,
+                e.log_tail or None,
             ),
         )
     ]

@@ -33,6 +33,7 @@ JOB_FIELDS = (
     "finished_at",
     "duration_ms",
     "error",
+    "log_tail",
 )
 
 

@@ -290,6 +290,19 @@ def events(
 
 
 @app.command()
+def logs(
+    job_id: Annotated[str, typer.Option("--job-id", help="The job whose output to show.")],
+    attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt (default: all).")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """The whole output of a job's test runs (the job status keeps only the tail)."""
+    data = _call(_client(url, token).logs, job_id, attempt)
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+@app.command()
 def agents(json_: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
     """Agents and what they hold."""
     answer = _call(_client(url, token).agents)
@@ -473,7 +486,21 @@ def serve(
 def agent(
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)],
     slots: Annotated[int, typer.Option("--slots", help="Batches this agent runs at once.")] = 1,
-    runner: Annotated[str, typer.Option("--runner", help="simulate (command and appwright come later).")] = "simulate",
+    runner: Annotated[str, typer.Option("--runner", help="simulate, command or appwright.")] = "simulate",
+    command: Annotated[
+        str | None, typer.Option("--command", help="command: template with {test}, {target}, {app_version_id}.")
+    ] = None,
+    install_command: Annotated[
+        str | None, typer.Option("--install-command", help="Template run once per batch to install the build.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds one test may run (a job's own timeout wins).")
+    ] = None,
+    project: Annotated[
+        list[str] | None, typer.Option("--project", help="appwright: TARGET=PROJECT, e.g. emulator=android.")
+    ] = None,
+    npx: Annotated[str, typer.Option("--npx", help="appwright: the npx command to use.")] = "npx",
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="Run tests in this folder.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Agent id (default: <target>-<host>-<pid>).")] = None,
     test_seconds: Annotated[float, typer.Option("--test-seconds", help="simulate: seconds per test.")] = 0.5,
     install_seconds: Annotated[float, typer.Option("--install-seconds", help="simulate: seconds per install.")] = 2.0,
@@ -494,7 +521,7 @@ def agent(
     import os
     import socket
 
-    from agents.runners import SimulateRunner
+    from agents.factory import RunnerOptions, make_runner, parse_projects
     from qgjob.services import AgentRunner, run_until_signalled
     from qgjob.services import run as run_services
 
@@ -503,14 +530,21 @@ def agent(
         _fail(f"--target: {target!r} is not allowed; allowed: {', '.join(settings_mod.TARGETS)}", EXIT_USAGE)
     if slots < 1:
         _fail("--slots: allowed: 1 or more", EXIT_USAGE)
-    if runner != "simulate":
-        _fail(f"--runner: {runner!r} is not available yet; allowed: simulate", EXIT_USAGE)
     s = settings_mod.load(nats_url=nats_url, data_dir_=data_dir)
     try:
-        sim = (
-            SimulateRunner.from_file(simulate_file, duration_s=test_seconds, install_s=install_seconds)
-            if simulate_file
-            else SimulateRunner(duration_s=test_seconds, install_s=install_seconds)
+        sim = make_runner(
+            RunnerOptions(
+                kind=runner,
+                command=command,
+                install_command=install_command,
+                timeout_s=timeout,
+                projects=parse_projects(project or []),
+                npx=npx,
+                cwd=workdir,
+                test_seconds=test_seconds,
+                install_seconds=install_seconds,
+                simulate_file=simulate_file,
+            )
         )
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)

@@ -94,6 +94,22 @@ class Client:
     def events(self, job_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}/events")[1]
 
+    def logs(self, job_id: str, attempt: int | None = None) -> bytes:
+        params = {"attempt": attempt} if attempt is not None else None
+        try:
+            response = self.http.get(f"/v1/jobs/{job_id}/logs", params=params)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the qgjob server at {self.url}: {exc}") from exc
+        if response.status_code != 200:
+            try:
+                body = msgspec.json.decode(response.content)
+            except msgspec.DecodeError:
+                body = {"message": response.text[:200]}
+            raise ClientError(
+                body.get("message") or f"HTTP {response.status_code}", status=response.status_code, body=body
+            )
+        return response.content
+
     def agents(self) -> dict[str, Any]:
         return self.request("GET", "/v1/agents")[1]
 

@@ -24,14 +24,14 @@ WHERE job_id = $1;
 
 -- name: job_passed
 UPDATE jobs SET status = 'passed', flaky = failures > 0, duration_ms = $2, finished_at = $3,
-                subject_seq = $4, last_seq = $4
+                subject_seq = $4, last_seq = $4, log_tail = $5
 WHERE job_id = $1;
 
 -- name: job_failed
 UPDATE jobs SET status = CASE WHEN $2::boolean THEN 'failed' ELSE 'retrying' END,
                 failures = failures + 1, duration_ms = $3, error = $4,
                 finished_at = CASE WHEN $2::boolean THEN $5::timestamptz ELSE NULL END,
-                subject_seq = $6, last_seq = $6
+                subject_seq = $6, last_seq = $6, log_tail = $7
 WHERE job_id = $1;
 
 -- name: job_retry_scheduled

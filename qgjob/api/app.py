@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import JobCancelled, is_terminal
+from eventstore.logs import LogStore
 from projections import queries as read
 from projections.projector import checkpoint
 from projections.schema import connect_pool, migrate, queries
@@ -290,6 +291,30 @@ class Api:
         history = await self.es.history(subject)
         return _Json({"job_id": row["job_id"], "events": [_event_view(r.seq, r.subject, r.event) for r in history]})
 
+    async def job_logs(self, request: Request) -> Response:
+        """The whole output of a job's attempts (``?attempt=N`` for one), as text."""
+        who = await self.principal(request)
+        row = await self._job_row(request.path_params["job_id"], who)
+        wanted = request.query_params.get("attempt")
+        if wanted is not None and (not wanted.isdigit() or not 1 <= int(wanted) <= max(row["attempts"], 1)):
+            raise ValidationFailed(
+                f"attempt: allowed: an integer from 1 to {max(row['attempts'], 1)} (the attempts started)",
+                detail=[{"field": "attempt", "message": "out of range"}],
+            )
+        attempts = [int(wanted)] if wanted is not None else list(range(1, row["attempts"] + 1))
+        logs = LogStore(self.es)
+        parts = []
+        for attempt in attempts:
+            data = await logs.get(row["job_id"], attempt)
+            if data is None:
+                continue
+            if wanted is None:
+                parts.append(f"=== {row['job_id']} attempt {attempt} ===\n".encode())
+            parts.append(data if data.endswith(b"\n") or not data else data + b"\n")
+        if not parts:
+            raise NotFound(f"no log stored for job {row['job_id']}" + (f" attempt {wanted}" if wanted else ""))
+        return Response(b"".join(parts), media_type="text/plain; charset=utf-8")
+
     # --- runs -----------------------------------------------------------------
 
     async def get_run(self, request: Request) -> Response:
@@ -441,6 +466,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/jobs/{job_id}", _guard(api.get_job), methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", _guard(api.cancel_job), methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", _guard(api.job_events), methods=["GET"]),
+        Route("/v1/jobs/{job_id}/logs", _guard(api.job_logs), methods=["GET"]),
         Route("/v1/runs/{run_id}", _guard(api.get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", _guard(api.cancel_run), methods=["POST"]),
         Route("/v1/agents", _guard(api.agents), methods=["GET"]),

@@ -52,6 +52,9 @@ def document() -> dict[str, Any]:
             "/v1/jobs/{job_id}": {"get": _op("One job's status", errors=(404,))},
             "/v1/jobs/{job_id}/cancel": {"post": _op("Cancel a job", errors=(404, 409))},
             "/v1/jobs/{job_id}/events": {"get": _op("A job's history from the event stream", errors=(404,))},
+            "/v1/jobs/{job_id}/logs": {
+                "get": _op("The whole output of a job's attempts (?attempt=N)", errors=(404, 422))
+            },
             "/v1/runs/{run_id}": {"get": _op("A run's summary and jobs", errors=(404,))},
             "/v1/runs/{run_id}/cancel": {"post": _op("Cancel a run's unfinished jobs", errors=(404,))},
             "/v1/agents": {"get": _op("Agents")},

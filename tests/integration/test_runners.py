@@ -302,7 +302,8 @@ async def test_simulate_runner_times_out_when_its_test_runs_too_long() -> None:
     outcome = await runner.run("slow.spec.ts", "emulator", "v1", 1, timeout_s=0.1)
 
     assert 0.1 <= time.monotonic() - started < 1
-    assert outcome == Outcome(passed=False, duration_ms=100, error="timed out after 0.1 s")
+    assert (outcome.passed, outcome.duration_ms, outcome.error) == (False, 100, "timed out after 0.1 s")
+    assert outcome.log_tail.endswith("timed out after 0.1 s\n")
     assert (await SimulateRunner(duration_s=0.01).run("ok.spec.ts", "emulator", "v1", 1, timeout_s=1)).passed
     assert not (await SimulateRunner(duration_s=0.01).run("fail.spec.ts", "emulator", "v1", 1)).passed
 

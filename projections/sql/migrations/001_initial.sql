@@ -24,6 +24,7 @@ CREATE TABLE jobs (
     finished_at     timestamptz,
     duration_ms     bigint,
     error           text,
+    log_tail        text,
     subject_seq     bigint NOT NULL,
     last_seq        bigint NOT NULL
 );
