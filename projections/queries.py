@@ -154,3 +154,11 @@ async def metrics(conn: asyncpg.Connection | asyncpg.Pool, org_id: str | None) -
         "installs": int(installs["installs"]) if installs else 0,
         "batches": int(installs["batches"]) if installs else 0,
     }
+
+
+async def duration_estimate(
+    conn: asyncpg.Connection | asyncpg.Pool, org_id: str, target: str, test: str
+) -> float | None:
+    """Milliseconds a test is expected to take on a target: its own mean, else its suite's."""
+    value = await conn.fetchval(Q["duration_estimate"], org_id, target, test)
+    return None if value is None else float(value)

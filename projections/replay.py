@@ -24,6 +24,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "agents": ("agent_id",),
     "batches": ("batch_id",),
     "tokens": ("token_id",),
+    "test_durations": ("org_id", "test", "target"),
 }
 
 

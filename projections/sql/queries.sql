@@ -23,16 +23,36 @@ UPDATE jobs SET status = 'running', attempts = $2, agent_id = $3, batch_id = $4,
 WHERE job_id = $1;
 
 -- name: job_passed
-UPDATE jobs SET status = 'passed', flaky = failures > 0, duration_ms = $2, finished_at = $3,
-                subject_seq = $4, last_seq = $4, log_tail = $5
-WHERE job_id = $1;
+WITH done AS (
+    UPDATE jobs SET status = 'passed', flaky = failures > 0, duration_ms = $2, finished_at = $3,
+                    subject_seq = $4, last_seq = $4, log_tail = $5
+    WHERE job_id = $1
+    RETURNING org_id, test, target
+)
+INSERT INTO test_durations (org_id, test, target, runs, mean_ms, last_ms, last_seq)
+SELECT org_id, test, target, 1, $2::bigint, $2::bigint, $4 FROM done
+ON CONFLICT (org_id, test, target) DO UPDATE SET
+    runs = test_durations.runs + 1,
+    mean_ms = test_durations.mean_ms + (EXCLUDED.last_ms - test_durations.mean_ms) / (test_durations.runs + 1),
+    last_ms = EXCLUDED.last_ms,
+    last_seq = EXCLUDED.last_seq;
 
 -- name: job_failed
-UPDATE jobs SET status = CASE WHEN $2::boolean THEN 'failed' ELSE 'retrying' END,
-                failures = failures + 1, duration_ms = $3, error = $4,
-                finished_at = CASE WHEN $2::boolean THEN $5::timestamptz ELSE NULL END,
-                subject_seq = $6, last_seq = $6, log_tail = $7
-WHERE job_id = $1;
+WITH done AS (
+    UPDATE jobs SET status = CASE WHEN $2::boolean THEN 'failed' ELSE 'retrying' END,
+                    failures = failures + 1, duration_ms = $3, error = $4,
+                    finished_at = CASE WHEN $2::boolean THEN $5::timestamptz ELSE NULL END,
+                    subject_seq = $6, last_seq = $6, log_tail = $7
+    WHERE job_id = $1
+    RETURNING org_id, test, target
+)
+INSERT INTO test_durations (org_id, test, target, runs, mean_ms, last_ms, last_seq)
+SELECT org_id, test, target, 1, $3::bigint, $3::bigint, $6 FROM done
+ON CONFLICT (org_id, test, target) DO UPDATE SET
+    runs = test_durations.runs + 1,
+    mean_ms = test_durations.mean_ms + (EXCLUDED.last_ms - test_durations.mean_ms) / (test_durations.runs + 1),
+    last_ms = EXCLUDED.last_ms,
+    last_seq = EXCLUDED.last_seq;
 
 -- name: job_retry_scheduled
 UPDATE jobs SET status = 'retrying', agent_id = NULL, batch_id = NULL, subject_seq = $2, last_seq = $2
@@ -143,3 +163,12 @@ SELECT seq FROM checkpoints WHERE projection = $1 FOR UPDATE;
 
 -- name: unfinished_count
 SELECT count(*) FROM jobs WHERE org_id = $1 AND status IN ('queued', 'assigned', 'running', 'retrying');
+
+-- name: duration_estimate
+-- A test's mean duration on a target; for a test never run, the mean of its
+-- suite (the tests in the same folder) on that target.
+SELECT coalesce(
+    (SELECT mean_ms FROM test_durations WHERE org_id = $1 AND target = $2 AND test = $3),
+    (SELECT avg(mean_ms) FROM test_durations
+     WHERE org_id = $1 AND target = $2 AND test LIKE regexp_replace($3, '[^/]*$', '') || '%')
+) AS estimate_ms;

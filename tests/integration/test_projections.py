@@ -126,12 +126,21 @@ async def test_migrations_from_zero_match_the_schema(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute('DROP SCHEMA IF EXISTS "mig_a" CASCADE')
-        assert await migrate(conn, "mig_a") == [1]
+        assert await migrate(conn, "mig_a") == [1, 2]
         assert await migrate(conn, "mig_a") == []  # idempotent
         tables = {
             r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'mig_a'")
         }
-        assert {"jobs", "claim_groups", "agents", "batches", "tokens", "checkpoints", "schema_migrations"} <= tables
+        assert {
+            "jobs",
+            "claim_groups",
+            "agents",
+            "batches",
+            "tokens",
+            "checkpoints",
+            "schema_migrations",
+            "test_durations",
+        } <= tables
         await conn.execute('SET search_path TO "mig_a"')
         for _name, sql in queries().items():
             if "$" not in sql:
@@ -148,3 +157,25 @@ def test_schema_names_are_checked(bad: str) -> None:
 
     with pytest.raises(ValueError, match="not allowed"):
         check_schema_name(bad)
+
+
+async def test_durations_per_test_and_target_and_suite_estimates(store: EventStore, pool: asyncpg.Pool) -> None:
+    await write_history(store, 100)
+    records = [r async for r in store.read()]
+    async with pool.acquire() as conn:
+        await apply_batch(conn, records)
+    rows = await pool.fetch("SELECT * FROM test_durations ORDER BY test")
+    by_test = {(r["test"], r["target"]): r for r in rows}
+    # job_000007 failed once (10 ms) then passed (12 ms): two runs, mean 11
+    seven = by_test[("tests/job_000007.spec.js", "emulator")]
+    assert (seven["runs"], seven["mean_ms"], seven["last_ms"]) == (2, 11.0, 12)
+    plain = by_test[("tests/job_000001.spec.js", "emulator")]
+    assert (plain["runs"], plain["mean_ms"]) == (1, 12.0)
+    assert ("tests/job_000013.spec.js", "emulator") not in by_test  # cancelled before it ran
+    from projections.queries import duration_estimate
+
+    assert await duration_estimate(pool, "acme", "emulator", "tests/job_000007.spec.js") == 11.0
+    suite = await duration_estimate(pool, "acme", "emulator", "tests/brand_new.spec.js")
+    assert suite is not None and 11.0 < suite < 12.0  # the mean of the tests in tests/
+    assert await duration_estimate(pool, "acme", "emulator", "other/new.spec.js") is None
+    assert await duration_estimate(pool, "globex", "emulator", "tests/job_000007.spec.js") is None
