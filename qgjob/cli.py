@@ -588,6 +588,28 @@ def replay(
     raise typer.Exit(code)
 
 
+@app.command()
+def simulate(
+    workload: Annotated[Path, typer.Argument(help="A workload JSON file (jobs, agents, install seconds).")],
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", help="qgjob, fifo or per-job-install; repeat for several (default: all)."),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a workload through the scheduler in virtual time: installs, makespan, run latency, fairness."""
+    from qgjob import simulation
+
+    try:
+        reports = simulation.run(workload, tuple(policy) if policy else simulation.POLICIES)
+    except simulation.WorkloadError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if json_:
+        _emit_json(simulation.as_json(reports))
+    else:
+        typer.echo(simulation.table(reports))
+
+
 def main() -> None:
     logging.captureWarnings(True)
     app()

@@ -8,10 +8,11 @@ Promises kept here (DESIGN.md, "Scheduling promises"):
 
 - jobs are grouped by ``(app_version_id, target)``; a batch is one group's
   jobs on one agent, which installs only when it does not have the build;
-- lower priority number first, FIFO (stream order) within a priority;
-- an agent keeps its installed build while that group holds work of the best
-  waiting priority;
-- a failed attempt is retried until ``max_retries`` is spent.
+- a failed attempt is retried until ``max_retries`` is spent;
+- which free agent takes which jobs (priority, FIFO, fairness across orgs,
+  aging, affinity, splitting a group by estimated durations) is
+  :mod:`scheduler.selection`; durations are learnt here from the results
+  (:mod:`scheduler.estimates`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from eventstore.events import (
     JobStarted,
     JobSubmitted,
 )
+from scheduler import selection
 from scheduler.estimates import Estimates
 
 Group = tuple[str, str]  # (app_version_id, target)
@@ -145,6 +147,13 @@ class Config:
     max_batch: int = 25
     retry_backoff_s: float = 0.0
     max_requeues: int = 3  # infrastructure requeues of one job before it ends in `error`
+    # selection: scheduler/selection.py
+    aging_s: float = 1800.0  # a waiting class gains one priority level per this many seconds
+    batch_s: float = 180.0  # estimated work per batch: agents re-decide about this often
+    split_after_s: float = 4800.0  # a run finishing later than this gets another agent (less if urgent)
+    split_slowdown: float = 4.0  # ... or one finishing later than this many times its time on the whole target
+    spare_gain_installs: float = 4.0  # an idle agent joins a run if that saves this many install times
+    urgent_below: int = 5  # runs of a priority below this get every agent that shortens them
 
 
 @dataclass(slots=True)
@@ -331,11 +340,6 @@ def _orphan_batch(state: State, batch: Batch, reason: str) -> None:
         state.orphans[job_id] = reason
 
 
-def _ready(state: State, ids: set[str], now: float) -> list[Job]:
-    jobs = [state.jobs[i] for i in ids]
-    return [j for j in jobs if j.ready_at <= now]
-
-
 def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision]:
     """Assign batches to agents with free slots.
 
@@ -359,47 +363,9 @@ def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision
         else:
             decisions.append(Requeue(job_id, reason, job.seq))
     state.orphans.clear()
-    if not state.waiting:
-        return decisions
-    by_target: dict[str, list[tuple[int, int, Group, list[Job]]]] = {}
-    for group, ids in state.waiting.items():
-        ready = _ready(state, ids, now)
-        if not ready:
-            continue
-        ready.sort(key=lambda j: (j.priority, j.order))
-        head = ready[0]
-        by_target.setdefault(group[1], []).append((head.priority, head.order, group, ready))
-    if not by_target:
-        return decisions
-    agents = sorted(
-        (a for a in state.agents.values() if a.free > 0 and a.target in by_target),
-        key=lambda a: a.agent_id,
-    )
-    for agent in agents:
-        while agent.free > 0:
-            candidates = by_target.get(agent.target)
-            if not candidates:
-                break
-            candidates.sort(key=lambda c: (c[0], c[1]))
-            best_priority = candidates[0][0]
-            pick = candidates[0]
-            for c in candidates:
-                if c[0] == best_priority and c[2][0] == agent.installed:
-                    pick = c  # keep the installed build: no install needed
-                    break
-            _, _, group, ready = pick
-            # Lower-priority jobs of this group ride along only while no other
-            # group of the target has more urgent work waiting.
-            others = min((c[0] for c in candidates if c is not pick), default=None)
-            size = state.config.max_batch
-            if others is not None:
-                size = min(size, sum(1 for j in ready if j.priority <= others))
-            take = ready[: max(size, 1)]
-            rest = ready[len(take) :]
-            candidates.remove(pick)
-            if rest:
-                candidates.append((rest[0].priority, rest[0].order, group, rest))
-            decisions.append(_assign(state, agent, group, take, new_id()))
+    # which free agent takes which jobs: scheduler/selection.py
+    for agent, group, jobs in selection.plan(state, now):
+        decisions.append(_assign(state, agent, group, jobs, new_id()))
     return decisions
 
 

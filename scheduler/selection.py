@@ -1,0 +1,286 @@
+"""Which waiting jobs go to which free agent slot: the rules behind ``decide``.
+
+Pure, like the rest of the core: :func:`plan` reads the policy state and
+``now`` and returns picks; :func:`scheduler.policy.decide` turns them into
+assignments. Per target:
+
+1. **Classes and aging.** Waiting jobs form one class per priority; classes go
+   by level, then by the age of their oldest job. A class's level is its
+   priority, less one for every ``aging_s`` its oldest job has waited, and
+   ``URGENT_AGING`` times slower below the default priority 5 (a nightly
+   catches up with pull requests within hours; a pull-request backlog needs a
+   working day to overtake releases). Never below 0, so nothing waits
+   forever. FIFO within a class and org.
+2. **Affinity.** An agent whose build still has waiting work keeps it. It
+   leaves only for a group of a better priority that nobody runs, or an urgent
+   one (priority below ``urgent_below``) it would shorten; for a class that
+   has aged ``AGING_MARGIN`` levels past its own (bounded wait, without
+   flip-flopping as classes age); or for an org at its level or better that
+   holds none of the target's agents (fairness).
+3. **Fairness.** Within a class, orgs holding fewer of the target's agents go
+   first, then the org with the oldest job: one org's 10,000 jobs do not
+   starve another org's 10.
+4. **Placing a free agent.** Class by class: start a group nobody runs, else
+   split a group that runs late, when the agent shortens it. Late: urgent, or
+   finishing more than ``split_after_s`` from now (scaled down for priorities
+   below the default), or more than ``split_slowdown`` times what it would take
+   on the whole target. With none of that anywhere, an idle agent joins the
+   run it shortens most if that saves ``spare_gain_installs`` install times.
+   Installs and durations are estimated (:mod:`scheduler.estimates`).
+5. **Batch size.** About ``batch_s`` seconds of estimated work, at most
+   ``max_batch`` jobs and at most the agent's even share of what is left of
+   the group, so agents come back often to re-decide (priority and fairness
+   act at batch boundaries) and keep their build when they do. Jobs of a
+   later class ride along only while no other group has more urgent work.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scheduler.policy import Agent, Group, Job, State
+
+DEFAULT_PRIORITY = 5  # the job model's default; priorities below it are urgent
+AGING_MARGIN = 2  # levels a class must have aged past an agent's own class to take it away
+URGENT_AGING = 8  # aging into the urgent band (below the default priority) is this many times slower
+MIN_GAIN = 0.05  # a split must shorten the run's estimated finish by this fraction
+
+
+def class_level(priority: int, waited_s: float, aging_s: float) -> int:
+    """A class's level: its priority, less one per ``aging_s`` its oldest job
+    has waited, never below 0."""
+    if aging_s <= 0:
+        return priority
+    steps = max(0.0, waited_s) / aging_s
+    normal = max(0, priority - DEFAULT_PRIORITY)  # levels down to the default priority age at aging_s
+    if steps <= normal:
+        return priority - int(steps)
+    urgent = (steps - normal) / URGENT_AGING
+    return max(0, min(priority, DEFAULT_PRIORITY) - int(urgent))
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One group's ready jobs on its target, as one decide sees them."""
+
+    group: Group
+    jobs: list[Job]  # by (class rank, submission)
+    ranks: list[int]
+    estimates: list[float]
+    work_s: float  # estimated work of ``jobs``
+    servers: int = 0  # agent slots running the group now (or given it in this decide)
+    inflight_s: float = 0.0  # estimated work left in their batches
+
+    @property
+    def rank(self) -> int:
+        return self.ranks[0]
+
+    @property
+    def priority(self) -> int:
+        return self.jobs[0].priority
+
+    @property
+    def org(self) -> str:
+        return self.jobs[0].org_id
+
+    def finish_s(self, install_s: float = 0.0, more: int = 0) -> float:
+        """Estimated time to finish the group with ``more`` agents, each
+        paying ``install_s`` first."""
+        n = self.servers + more
+        return (self.inflight_s + self.work_s + more * install_s) / n if n else float("inf")
+
+
+@dataclass(slots=True)
+class Target:
+    """What one decide knows about one target."""
+
+    name: str
+    candidates: dict[Group, Candidate] = field(default_factory=dict)
+    levels: dict[int, int] = field(default_factory=dict)  # priority -> class level now
+    held: Counter[str] = field(default_factory=Counter)  # org -> agent slots running its work
+    slots: int = 0  # live agent slots
+
+    def live(self) -> list[Candidate]:
+        return [c for c in self.candidates.values() if c.jobs]
+
+
+Pick = tuple["Agent", "Group", list["Job"]]
+
+
+def plan(state: State, now: float) -> list[Pick]:
+    """Which free agent slot takes which jobs. Reads ``state``, changes nothing."""
+    free = [a for a in state.agents.values() if a.free > 0]
+    if not free or not state.waiting:
+        return []
+    targets = _targets(state, now, {a.target for a in free})
+    if not targets:
+        return []
+    installed = {a.agent_id: a.installed for a in free}
+    slots = [a for a in free for _ in range(a.free)]
+    # agents whose build has waiting work choose first: they need no install
+    slots.sort(key=lambda a: (_own(targets.get(a.target), installed[a.agent_id]) is None, a.agent_id))
+    picks: list[Pick] = []
+    for agent in slots:
+        target = targets.get(agent.target)
+        if target is None:
+            continue
+        pick = _choose(state, target, installed[agent.agent_id])
+        if pick is None:
+            continue
+        jobs = _take(state, target, pick)
+        installed[agent.agent_id] = pick.group[0]
+        picks.append((agent, pick.group, jobs))
+    return picks
+
+
+def _targets(state: State, now: float, wanted: set[str]) -> dict[str, Target]:
+    """The candidates of each wanted target, their classes and holdings."""
+    est = state.estimates
+    ready: dict[Group, list[Job]] = {}
+    oldest: dict[tuple[str, int], float] = {}  # (target, priority) -> first submission waiting
+    for group, ids in state.waiting.items():
+        if group[1] not in wanted:
+            continue
+        jobs = [j for j in (state.jobs[i] for i in ids) if j.ready_at <= now]
+        if not jobs:
+            continue
+        ready[group] = jobs
+        for j in jobs:
+            key = (group[1], j.priority)
+            if j.submitted_at < oldest.get(key, float("inf")):
+                oldest[key] = j.submitted_at
+    targets: dict[str, Target] = {}
+    classes: dict[str, list[tuple[int, float, int]]] = {}
+    for (name, priority), first in oldest.items():
+        level = class_level(priority, now - first, state.config.aging_s)
+        targets.setdefault(name, Target(name)).levels[priority] = level
+        classes.setdefault(name, []).append((level, first, priority))
+    for group, jobs in ready.items():
+        target = targets[group[1]]
+        rank = {p: n for n, (_, _, p) in enumerate(sorted(classes[group[1]]))}
+        jobs.sort(key=lambda j: (rank[j.priority], j.order))
+        estimates = [est.test_s(j.org_id, j.test, j.target, j.run_id) for j in jobs]
+        target.candidates[group] = Candidate(
+            group=group,
+            jobs=jobs,
+            ranks=[rank[j.priority] for j in jobs],
+            estimates=estimates,
+            work_s=sum(estimates),
+        )
+    for agent in state.agents.values():
+        if agent.alive and agent.target in targets:
+            targets[agent.target].slots += agent.slots
+    for batch in state.batches.values():
+        agent = state.agents.get(batch.agent_id)
+        target = targets.get(batch.group[1])
+        if target is None or agent is None or not agent.alive or not batch.job_ids:
+            continue
+        held = [state.jobs[i] for i in batch.job_ids if i in state.jobs]
+        if not held:
+            continue
+        target.held[held[0].org_id] += 1
+        cand = target.candidates.get(batch.group)
+        if cand is not None:
+            cand.servers += 1
+            cand.inflight_s += sum(est.test_s(j.org_id, j.test, j.target, j.run_id) for j in held)
+    return targets
+
+
+def _own(target: Target | None, installed: str | None) -> Candidate | None:
+    """The group of the agent's build, if it has waiting work."""
+    if target is None or installed is None:
+        return None
+    for c in target.candidates.values():
+        if c.group[0] == installed and c.jobs:
+            return c
+    return None
+
+
+def _choose(state: State, target: Target, installed: str | None) -> Candidate | None:
+    live = target.live()
+    if not live:
+        return None
+    own = _own(target, installed)
+    install_s = state.estimates.install_s(target.name)
+    held = Counter(target.held)
+    if own is not None:
+        held[own.org] += 1  # the agent being placed is its org's until it leaves
+    by_rank: dict[int, list[Candidate]] = {}
+    for c in live:
+        by_rank.setdefault(c.rank, []).append(c)
+    for rank in sorted(by_rank):
+        at_rank = by_rank[rank]
+        oldest: dict[str, int] = {}
+        for c in at_rank:
+            oldest[c.org] = min(oldest.get(c.org, c.jobs[0].order), c.jobs[0].order)
+        at_rank.sort(key=lambda c: (held[c.org], oldest[c.org], c.jobs[0].order))
+        for c in at_rank:
+            if own is not None and c.org == own.org and c.rank == own.rank:
+                return own  # the agent's own org's turn: it keeps its build
+            if own is not None and not _may_leave(state, target, held, own, c):
+                continue
+            if c.servers == 0 or _late(state, target, c, install_s):
+                return c
+    if own is not None:
+        return own
+    # spare capacity: the run this agent shortens most, most urgent class first
+    for rank in sorted(by_rank):
+        best: Candidate | None = None
+        best_gain = 0.0
+        for c in by_rank[rank]:
+            cost = 0.0 if c.group[0] == installed else install_s
+            gain = c.finish_s() - c.finish_s(cost, 1)
+            needed = 0.0 if cost == 0.0 else state.config.spare_gain_installs * install_s
+            if gain > best_gain and gain > MIN_GAIN * c.finish_s() and gain >= needed:
+                best, best_gain = c, gain
+        if best is not None:
+            return best
+    return None
+
+
+def _may_leave(state: State, target: Target, held: Counter[str], own: Candidate, c: Candidate) -> bool:
+    """Whether an agent whose own group still has work may leave it for ``c``."""
+    if c.priority < own.priority:  # a better priority: if nobody runs it, or it is urgent
+        return c.servers == 0 or c.priority < state.config.urgent_below
+    if target.levels[c.priority] + AGING_MARGIN <= target.levels[own.priority]:  # aged well past it
+        return True
+    return c.servers == 0 and held[c.org] == 0 and c.rank <= own.rank  # a starved org
+
+
+def _late(state: State, target: Target, c: Candidate, install_s: float) -> bool:
+    """Whether a running group should get one more agent, paying an install."""
+    config = state.config
+    finish = c.finish_s()
+    if c.finish_s(install_s, 1) >= finish * (1 - MIN_GAIN):
+        return False  # the agent would not shorten it
+    if c.priority < config.urgent_below:
+        return True  # urgent: every agent that shortens it
+    alone = install_s + max(max(c.estimates), (c.inflight_s + c.work_s) / max(target.slots, 1))
+    urgency = min(1.0, (c.priority + 1) / (DEFAULT_PRIORITY + 1))
+    return finish > config.split_after_s * urgency or finish + install_s > config.split_slowdown * alone
+
+
+def _take(state: State, target: Target, c: Candidate) -> list[Job]:
+    """The jobs of ``c`` for one batch; updates the candidate and holdings."""
+    config = state.config
+    ceiling = min((o.rank for o in target.candidates.values() if o is not c and o.jobs), default=None)
+    budget = min(config.batch_s, (c.inflight_s + c.work_s) / (c.servers + 1))
+    taken: list[Job] = []
+    work = 0.0
+    for n, job in enumerate(c.jobs[: max(config.max_batch, 1)]):
+        if n and ceiling is not None and c.ranks[n] > max(ceiling, c.ranks[0]):
+            break  # later classes ride along only while nothing else is more urgent
+        if n and work + c.estimates[n] > budget:
+            break
+        work += c.estimates[n]
+        taken.append(job)
+    target.held[c.org] += 1
+    n = len(taken)
+    del c.jobs[:n], c.ranks[:n], c.estimates[:n]
+    c.work_s -= work
+    c.servers += 1
+    c.inflight_s += work
+    return taken
