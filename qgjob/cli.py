@@ -385,6 +385,9 @@ def up(
     org_id: Annotated[
         list[str] | None, typer.Option("--org-id", help="Also create a token for this org; repeat for several.")
     ] = None,
+    retry_backoff_seconds: Annotated[
+        float, typer.Option("--retry-backoff-seconds", help="First retry waits about this long, doubling after.")
+    ] = 1.0,
     lease_seconds: Annotated[
         float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
     ] = 15.0,
@@ -407,6 +410,7 @@ def up(
             simulate_file=simulate_file,
             orgs=tuple(org_id or ()),
             lease_s=lease_seconds,
+            retry_backoff_s=retry_backoff_seconds,
         )
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
@@ -431,6 +435,9 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="api: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="api: port.")] = 8765,
     workers: Annotated[int, typer.Option("--workers", help="api: worker processes sharing the port.")] = 1,
+    retry_backoff_seconds: Annotated[
+        float, typer.Option("--retry-backoff-seconds", help="First retry waits about this long, doubling after.")
+    ] = 1.0,
     lease_seconds: Annotated[
         float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
     ] = 15.0,
@@ -447,12 +454,15 @@ def serve(
     """Run one service in this process (production deployments)."""
     from qgjob.services import ApiService, ProjectorService, SchedulerRunner, run_until_signalled
     from qgjob.services import run as run_services
+    from scheduler import policy
 
     _configure_logging(log_level, log_format)
     s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)
     services: dict[str, Any] = {
         "api": lambda: ApiService(s, host=host, port=port, log_level=log_level),
-        "scheduler": lambda: SchedulerRunner(s, lease_s=lease_seconds),
+        "scheduler": lambda: SchedulerRunner(
+            s, policy.Config(retry_backoff_s=retry_backoff_seconds), lease_s=lease_seconds
+        ),
         "projector": lambda: ProjectorService(s),
     }
     if service not in services:

@@ -56,7 +56,12 @@ def run_demo(data_dir: Path | None = None, *, test_seconds: float = 0.3, install
     stack = EmbeddedStack(
         folder,
         StackOptions(
-            api_port=0, agents_per_target=1, test_seconds=test_seconds, install_seconds=install_seconds, durable=False
+            api_port=0,
+            agents_per_target=1,
+            test_seconds=test_seconds,
+            install_seconds=install_seconds,
+            durable=False,
+            retry_backoff_s=0.2,
         ),
     )
     print(f"Starting an embedded stack in {folder} ...", flush=True)

@@ -98,10 +98,13 @@ class ProjectorService:
             self.projector.stop()
 
 
+DEFAULT_RETRY_BACKOFF_S = 1.0
+
+
 class SchedulerRunner:
     def __init__(self, settings: Settings, config: policy.Config | None = None, *, lease_s: float = 15.0) -> None:
         self.settings = settings
-        self.config = config
+        self.config = config or policy.Config(retry_backoff_s=DEFAULT_RETRY_BACKOFF_S)
         self.lease_s = lease_s
         self.service: SchedulerService | None = None
         self._stopped = False

@@ -17,6 +17,7 @@ Promises kept here (DESIGN.md, "Scheduling promises"):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -145,7 +146,8 @@ Decision = Assign | ScheduleRetry | Requeue | GiveUp
 @dataclass(slots=True)
 class Config:
     max_batch: int = 25
-    retry_backoff_s: float = 0.0
+    retry_backoff_s: float = 0.0  # first retry waits about this long, doubling per failure (0: at once)
+    retry_backoff_max_s: float = 300.0
     max_requeues: int = 3  # infrastructure requeues of one job before it ends in `error`
     # selection: scheduler/selection.py
     aging_s: float = 1800.0  # a waiting class gains one priority level per this many seconds
@@ -322,6 +324,21 @@ def _learn(state: State, event: JobPassed | JobFailed | AppInstalled) -> None:
         state.estimates.learn(job.org_id, job.test, job.target, job.run_id, event.duration_ms / 1000)
 
 
+def retry_delay(config: Config, job: Job) -> float:
+    """Exponential backoff with jitter: ``retry_backoff_s * 2**(failures-1)``
+    times a factor in [0.5, 1.5), capped at ``retry_backoff_max_s``.
+
+    The jitter comes from the job id and attempt, not from a random source,
+    so the core stays a pure function and a replay decides the same delay.
+    """
+    if config.retry_backoff_s <= 0:
+        return 0.0
+    base = config.retry_backoff_s * 2 ** max(job.failures - 1, 0)
+    digest = hashlib.blake2b(f"{job.job_id}/{job.attempts}".encode(), digest_size=4).digest()
+    jitter = 0.5 + int.from_bytes(digest, "big") / 2**32
+    return min(base * jitter, config.retry_backoff_max_s)
+
+
 def _release_agent(state: State, agent: Agent, reason: str) -> None:
     for batch_id in list(agent.batches):
         batch = state.batches.pop(batch_id, None)
@@ -350,8 +367,7 @@ def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision
     decisions: list[Decision] = []
     for job_id in sorted(state.needs_retry):
         job = state.jobs[job_id]
-        backoff = state.config.retry_backoff_s * (2 ** max(job.attempts - 1, 0))
-        decisions.append(ScheduleRetry(job_id, job.attempts + 1, now + backoff, job.seq))
+        decisions.append(ScheduleRetry(job_id, job.attempts + 1, now + retry_delay(state.config, job), job.seq))
     state.needs_retry.clear()
     for job_id, reason in sorted(state.orphans.items()):
         job = state.jobs[job_id]

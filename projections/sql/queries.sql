@@ -77,7 +77,11 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (batch_id) DO NOTHING;
 
 -- name: agent_batch_assigned
-UPDATE agents SET state = 'busy', current_batch = $2, updated_at = $3, last_seq = $4 WHERE agent_id = $1;
+-- An agent that stopped or was lost stays so: the batch goes back to the queue.
+UPDATE agents SET state = CASE WHEN state IN ('stopped', 'lost') THEN state ELSE 'busy' END,
+                  current_batch = CASE WHEN state IN ('stopped', 'lost') THEN current_batch ELSE $2 END,
+                  updated_at = $3, last_seq = $4
+WHERE agent_id = $1;
 
 -- name: app_installed
 UPDATE batches SET installed = true, last_seq = $2 WHERE batch_id = $1;

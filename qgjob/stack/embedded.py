@@ -26,6 +26,7 @@ from qgjob.api.auth import create_token, hash_token
 from qgjob.services import AgentRunner, ApiService, ProjectorService, SchedulerRunner
 from qgjob.settings import TARGETS, Credentials, Settings, read_credentials, write_credentials
 from qgjob.stack.servers import NatsServer, PostgresServer, free_port
+from scheduler import policy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class StackOptions:
     durable: bool = True
     orgs: tuple[str, ...] = ()
     lease_s: float = 15.0
+    retry_backoff_s: float = 1.0
 
 
 def _port_free(port: int) -> bool:
@@ -181,7 +183,9 @@ class EmbeddedStack:
         port = int(self.credentials.url.rsplit(":", 1)[1])
         out: list[Any] = [
             ProjectorService(self.settings),
-            SchedulerRunner(self.settings, lease_s=self.options.lease_s),
+            SchedulerRunner(
+                self.settings, policy.Config(retry_backoff_s=self.options.retry_backoff_s), lease_s=self.options.lease_s
+            ),
             ApiService(self.settings, port=port),
         ]
         opts = self.options

@@ -23,6 +23,7 @@ def up(
     simulate_file: Path | None = None,
     orgs: tuple[str, ...] = (),
     lease_s: float = 15.0,
+    retry_backoff_s: float = 1.0,
 ) -> int:
     stack = EmbeddedStack(
         data_dir,
@@ -34,6 +35,7 @@ def up(
             simulate_file=simulate_file,
             orgs=orgs,
             lease_s=lease_s,
+            retry_backoff_s=retry_backoff_s,
         ),
     )
     stack.lock()

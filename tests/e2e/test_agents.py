@@ -152,11 +152,17 @@ def test_sigterm_drains_an_agent(make_stack, tmp_path: Path) -> None:
         wait_until(lambda: any(j["status"] == "running" for j in run_jobs(stack, run_id)), 20, "a running job")
         first.send_signal(signal.SIGTERM)
         assert first.wait(20) == 0, agent_log(sim, "emu-first")
-        jobs = run_jobs(stack, run_id)
+
+        # what the agent held and had not started goes back to the queue
+        def settled() -> list[dict[str, Any]] | None:
+            now = run_jobs(stack, run_id)
+            return now if all(j["status"] in ("passed", "queued") for j in now) else None
+
+        jobs = wait_until(settled, 15, "the drained agent's jobs to settle")
         done = [j for j in jobs if j["status"] == "passed"]
         assert len(done) >= 1, jobs  # the test in progress finished
         assert all(j["status"] in ("passed", "queued") for j in jobs), jobs  # the rest were handed back
-        assert agents(stack)["emu-first"]["state"] == "stopped"
+        wait_until(lambda: agents(stack)["emu-first"]["state"] == "stopped", 10, "the agent to show as stopped")
         second = start_agent(stack, "emu-second", sim)
         r = stack.cli("wait", "--run-id", run_id, "--timeout", "60")
         assert r.returncode == 0, describe(r)

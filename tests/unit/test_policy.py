@@ -608,8 +608,10 @@ def test_retry_backoff_delays_the_job() -> None:
         attempt_waits.append(retry.not_before - sim.now)
         sim.record(retry)
         assert sim.decide(retry.not_before - 0.5) == []  # still backing off
-        sim.now = retry.not_before
-    assert attempt_waits == [10.0, 20.0, 40.0]  # exponential
+        sim.now = retry.not_before + 0.001
+    # exponential, each with jitter in [0.5, 1.5) of 10, 20, 40 s
+    for wait, base in zip(attempt_waits, (10.0, 20.0, 40.0), strict=True):
+        assert 0.5 * base <= wait < 1.5 * base
 
 
 def test_retry_backoff_does_not_block_other_jobs() -> None:
@@ -1073,3 +1075,33 @@ def test_failures_retries_cancels_and_agent_loss_end_every_job_exactly_once(
         assert tr.passed[job_id] <= 1
     assert not tr.holder
     assert tr.installs <= tr.batches
+
+
+def test_retry_backoff_doubles_with_jitter_and_a_cap() -> None:
+    from scheduler.policy import Config, Job, retry_delay
+
+    def job(job_id: str, failures: int) -> Job:
+        return Job(
+            job_id=job_id,
+            org_id="o",
+            app_version_id="v",
+            target="emulator",
+            test="t",
+            priority=5,
+            max_retries=9,
+            timeout_s=None,
+            dedup_key="k",
+            order=1,
+            seq=1,
+            attempts=failures,
+            failures=failures,
+        )
+
+    config = Config(retry_backoff_s=2.0, retry_backoff_max_s=30.0)
+    for failures, base in ((1, 2.0), (2, 4.0), (3, 8.0)):
+        delays = [retry_delay(config, job(f"job_{n}", failures)) for n in range(200)]
+        assert all(0.5 * base <= d < 1.5 * base for d in delays)
+        assert max(delays) - min(delays) > 0.5 * base  # spread out, not one instant
+    assert retry_delay(config, job("job_x", 10)) == 30.0  # capped
+    assert retry_delay(config, job("job_x", 2)) == retry_delay(config, job("job_x", 2))  # a replay agrees
+    assert retry_delay(Config(), job("job_x", 3)) == 0.0
