@@ -35,6 +35,16 @@ TokenOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document and nothing else on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data folder (else $QGJOB_DATA_DIR, else .qgjob).")]
+LeaseOpt = Annotated[
+    float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
+]
+BackoffOpt = Annotated[
+    float, typer.Option("--retry-backoff-seconds", help="First retry waits about this long, doubling after.")
+]
+NatsUrlOpt = Annotated[str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")]
+DatabaseUrlOpt = Annotated[
+    str | None, typer.Option("--database-url", help="Else $QGJOB_DATABASE_URL, else the credentials file.")
+]
 TARGET_HELP = "emulator, device or browserstack"
 
 
@@ -385,12 +395,8 @@ def up(
     org_id: Annotated[
         list[str] | None, typer.Option("--org-id", help="Also create a token for this org; repeat for several.")
     ] = None,
-    retry_backoff_seconds: Annotated[
-        float, typer.Option("--retry-backoff-seconds", help="First retry waits about this long, doubling after.")
-    ] = 1.0,
-    lease_seconds: Annotated[
-        float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
-    ] = 15.0,
+    retry_backoff_seconds: BackoffOpt = 1.0,
+    lease_seconds: LeaseOpt = 15.0,
     log_level: LogLevelOpt = "warning",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -435,18 +441,10 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="api: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="api: port.")] = 8765,
     workers: Annotated[int, typer.Option("--workers", help="api: worker processes sharing the port.")] = 1,
-    retry_backoff_seconds: Annotated[
-        float, typer.Option("--retry-backoff-seconds", help="First retry waits about this long, doubling after.")
-    ] = 1.0,
-    lease_seconds: Annotated[
-        float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
-    ] = 15.0,
-    nats_url: Annotated[
-        str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")
-    ] = None,
-    database_url: Annotated[
-        str | None, typer.Option("--database-url", help="Else $QGJOB_DATABASE_URL, else the credentials file.")
-    ] = None,
+    retry_backoff_seconds: BackoffOpt = 1.0,
+    lease_seconds: LeaseOpt = 15.0,
+    nats_url: NatsUrlOpt = None,
+    database_url: DatabaseUrlOpt = None,
     data_dir: DataDirOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
@@ -517,13 +515,9 @@ def agent(
     simulate_file: Annotated[
         Path | None, typer.Option("--simulate-file", help="simulate: JSON durations and outcomes.")
     ] = None,
-    nats_url: Annotated[
-        str | None, typer.Option("--nats-url", help="Else $QGJOB_NATS_URL, else the credentials file.")
-    ] = None,
+    nats_url: NatsUrlOpt = None,
     data_dir: DataDirOpt = None,
-    lease_seconds: Annotated[
-        float, typer.Option("--lease-seconds", help="An agent silent this long is lost; its jobs go back.")
-    ] = 15.0,
+    lease_seconds: LeaseOpt = 15.0,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -576,8 +570,8 @@ def replay(
     ] = None,
     keep: Annotated[bool, typer.Option("--keep", help="With --verify: keep the scratch schema.")] = False,
     json_: JsonOpt = False,
-    nats_url: Annotated[str | None, typer.Option("--nats-url")] = None,
-    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
+    nats_url: NatsUrlOpt = None,
+    database_url: DatabaseUrlOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Rebuild the projections from the event stream (exit 1 if --verify finds differences)."""
