@@ -47,6 +47,19 @@ class Servers:
         self.procs.append(proc)
         return proc
 
+    async def admin_token(self) -> str:
+        """Set up the stream and record an admin token, as `qgjob up` does."""
+        from eventstore import EventStore
+        from qgjob.api.auth import create_token
+
+        store = await EventStore.connect(self.nats_url)
+        try:
+            await store.ensure_stream()
+            token, _ = await create_token(store, org_id=None, admin=True)
+        finally:
+            await store.close()
+        return token
+
     def start_api(self, workers: int = 1) -> str:
         port = free_port()
         self.start("serve", "api", "--port", str(port), "--workers", str(workers), "--log-level", "warning")

@@ -29,7 +29,6 @@ import nats
 from bench.common import Servers, percentile, servers, table, write_json
 from bench.loadclient import Connection
 from eventstore import EventStore
-from qgjob.api.auth import create_token
 
 
 async def raw_round_trips(url: str, n: int) -> list[float]:
@@ -130,10 +129,7 @@ async def breakdown(url: str) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     with servers() as s:
-        store = await EventStore.connect(s.nats_url)
-        await store.ensure_stream()
-        token, _ = await create_token(store, org_id=None, admin=True)
-        await store.close()
+        token = await s.admin_token()
         url = s.start_api(1)
         s.start("serve", "projector", "--log-level", "warning")
         s.start("serve", "scheduler", "--log-level", "warning")

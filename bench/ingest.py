@@ -33,7 +33,6 @@ from bench.loadclient import Connection
 from eventstore import EventStore
 from eventstore.events import JobSubmitted, encode_event
 from eventstore.ids import new_id
-from qgjob.api.auth import create_token
 
 CONCURRENCY = 32
 
@@ -158,10 +157,7 @@ async def reads(url: str, token: str, ids: list[str], n: int) -> list[float]:
 
 async def main(args: argparse.Namespace) -> None:
     with servers() as s:
-        store = await EventStore.connect(s.nats_url)
-        await store.ensure_stream()
-        token, _ = await create_token(store, org_id=None, admin=True)
-        await store.close()
+        token = await s.admin_token()
         url = s.start_api(args.api_workers)
         s.start("serve", "projector", "--log-level", "warning")
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from eventstore.events import (
     AgentLost,
@@ -138,9 +140,43 @@ class GiveUp:
     job_id: str
     error: str
     expected: int
+    dedup_key: str = ""
 
 
 Decision = Assign | ScheduleRetry | Requeue | GiveUp
+
+
+def decision_events(decision: Decision, time_of: Callable[[float], datetime], **stamp: Any) -> list[Event]:
+    """The events that record a decision, in append order: for an Assign the
+    BatchAssigned, then one JobAssigned per job; otherwise one job event.
+
+    ``time_of`` turns the core's clock (``now`` as :func:`decide` got it) into
+    an event time; ``stamp`` passes ``at=`` where the caller keeps its own clock.
+    """
+    if isinstance(decision, Assign):
+        batch = BatchAssigned(
+            batch_id=decision.batch_id,
+            agent_id=decision.agent_id,
+            app_version_id=decision.app_version_id,
+            target=decision.target,
+            jobs=list(decision.jobs),
+            install=decision.install,
+            **stamp,
+        )
+        assigned: list[Event] = [
+            JobAssigned(job_id=j.job_id, batch_id=decision.batch_id, agent_id=decision.agent_id, **stamp)
+            for j in decision.jobs
+        ]
+        return [batch, *assigned]
+    if isinstance(decision, ScheduleRetry):
+        return [
+            JobRetryScheduled(
+                job_id=decision.job_id, attempt=decision.attempt, not_before=time_of(decision.not_before), **stamp
+            )
+        ]
+    if isinstance(decision, Requeue):
+        return [JobRequeued(job_id=decision.job_id, reason=decision.reason, **stamp)]
+    return [JobErrored(job_id=decision.job_id, error=decision.error, dedup_key=decision.dedup_key, **stamp)]
 
 
 @dataclass(slots=True)
@@ -375,7 +411,7 @@ def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision
             continue
         if job.requeues >= state.config.max_requeues:
             error = f"{reason}; gave up after {job.requeues} infrastructure requeues"
-            decisions.append(GiveUp(job_id, error, job.seq))
+            decisions.append(GiveUp(job_id, error, job.seq, job.dedup_key))
         else:
             decisions.append(Requeue(job_id, reason, job.seq))
     state.orphans.clear()

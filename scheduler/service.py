@@ -15,11 +15,6 @@ from eventstore import Append, ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import (
     AgentLost,
     AgentRegistered,
-    BatchAssigned,
-    JobAssigned,
-    JobErrored,
-    JobRequeued,
-    JobRetryScheduled,
 )
 from eventstore.ids import new_id
 from scheduler import policy
@@ -165,30 +160,13 @@ class SchedulerService:
         return self.store.subjects.job(job.app_version_id, job.target, job.org_id, job.job_id)
 
     async def _publish(self, decision: policy.Decision) -> None:
+        events = policy.decision_events(decision, lambda t: datetime.fromtimestamp(t, UTC))
         try:
             if isinstance(decision, policy.Assign):
-                appends = [
-                    Append(
-                        self.store.subjects.batch(decision.app_version_id, decision.target, decision.batch_id),
-                        BatchAssigned(
-                            batch_id=decision.batch_id,
-                            agent_id=decision.agent_id,
-                            app_version_id=decision.app_version_id,
-                            target=decision.target,
-                            jobs=list(decision.jobs),
-                            install=decision.install,
-                        ),
-                        0,
-                    )
-                ]
-                for job, expected in zip(decision.jobs, decision.expected, strict=True):
-                    appends.append(
-                        Append(
-                            self._job_subject(job.job_id),
-                            JobAssigned(job_id=job.job_id, batch_id=decision.batch_id, agent_id=decision.agent_id),
-                            expected,
-                        )
-                    )
+                batch_subject = self.store.subjects.batch(decision.app_version_id, decision.target, decision.batch_id)
+                appends = [Append(batch_subject, events[0], 0)]
+                for job, event, expected in zip(decision.jobs, events[1:], decision.expected, strict=True):
+                    appends.append(Append(self._job_subject(job.job_id), event, expected))
                 await self.store.append_many(appends)
                 log.info(
                     "assigned batch %s (%d jobs) to %s",
@@ -197,29 +175,9 @@ class SchedulerService:
                     decision.agent_id,
                     extra={"batch_id": decision.batch_id, "agent_id": decision.agent_id},
                 )
-            elif isinstance(decision, policy.ScheduleRetry):
-                await self.store.append(
-                    self._job_subject(decision.job_id),
-                    JobRetryScheduled(
-                        job_id=decision.job_id,
-                        attempt=decision.attempt,
-                        not_before=datetime.fromtimestamp(decision.not_before, UTC),
-                    ),
-                    expected=decision.expected,
-                )
-            elif isinstance(decision, policy.GiveUp):
-                job = self.state.jobs[decision.job_id]
-                await self.store.append(
-                    self._job_subject(decision.job_id),
-                    JobErrored(job_id=decision.job_id, error=decision.error, dedup_key=job.dedup_key),
-                    expected=decision.expected,
-                )
             else:
-                await self.store.append(
-                    self._job_subject(decision.job_id),
-                    JobRequeued(job_id=decision.job_id, reason=decision.reason),
-                    expected=decision.expected,
-                )
+                (event,) = events
+                await self.store.append(self._job_subject(decision.job_id), event, expected=decision.expected)
         except ConcurrencyConflict as exc:
             log.info("decision overtaken by events, reconsidering: %s", exc)
             policy.reject(self.state, decision)

@@ -34,15 +34,10 @@ import msgspec
 from eventstore.events import (
     AgentRegistered,
     AppInstalled,
-    BatchAssigned,
     BatchFinished,
     Event,
-    JobAssigned,
-    JobErrored,
     JobFailed,
     JobPassed,
-    JobRequeued,
-    JobRetryScheduled,
     JobStarted,
     JobSubmitted,
 )
@@ -463,24 +458,10 @@ class PolicyWorld:
 
     def record(self, decision: policy.Decision, now: float) -> None:
         """What the scheduler service publishes, and the agent taking it up."""
-        at = self.stamp(now)
+        events = policy.decision_events(decision, lambda t: self.stamp(max(t - EPOCH, now)), at=self.stamp(now))
+        for event in events:
+            self.feed(event, now)
         if isinstance(decision, policy.Assign):
-            self.feed(
-                BatchAssigned(
-                    batch_id=decision.batch_id,
-                    at=at,
-                    agent_id=decision.agent_id,
-                    app_version_id=decision.app_version_id,
-                    target=decision.target,
-                    jobs=list(decision.jobs),
-                    install=decision.install,
-                ),
-                now,
-            )
-            for job in decision.jobs:
-                self.feed(
-                    JobAssigned(job_id=job.job_id, at=at, batch_id=decision.batch_id, agent_id=decision.agent_id), now
-                )
             self.world.batches += 1
             run = _BatchRun(decision)
             if decision.install:
@@ -492,18 +473,9 @@ class PolicyWorld:
                 self.start(run, now)
         elif isinstance(decision, policy.ScheduleRetry):
             not_before = max(decision.not_before - EPOCH, now)
-            self.feed(
-                JobRetryScheduled(
-                    job_id=decision.job_id, at=at, attempt=decision.attempt, not_before=self.stamp(not_before)
-                ),
-                now,
-            )
             if not_before > now:
                 self.at(not_before, lambda t: None)  # wake the scheduler when the backoff ends
-        elif isinstance(decision, policy.Requeue):
-            self.feed(JobRequeued(job_id=decision.job_id, at=at, reason=decision.reason), now)
-        else:
-            self.feed(JobErrored(job_id=decision.job_id, at=at, error=decision.error), now)
+        elif isinstance(decision, policy.GiveUp):
             self.world.ended[self.index[decision.job_id]] = now
 
     def installed(self, run: _BatchRun, took: float, now: float) -> None:

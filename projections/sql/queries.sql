@@ -29,13 +29,7 @@ WITH done AS (
     WHERE job_id = $1
     RETURNING org_id, test, target
 )
-INSERT INTO test_durations (org_id, test, target, runs, mean_ms, last_ms, last_seq)
-SELECT org_id, test, target, 1, $2::bigint, $2::bigint, $4 FROM done
-ON CONFLICT (org_id, test, target) DO UPDATE SET
-    runs = test_durations.runs + 1,
-    mean_ms = test_durations.mean_ms + (EXCLUDED.last_ms - test_durations.mean_ms) / (test_durations.runs + 1),
-    last_ms = EXCLUDED.last_ms,
-    last_seq = EXCLUDED.last_seq;
+SELECT record_duration(org_id, test, target, $2::bigint, $4) FROM done;
 
 -- name: job_failed
 WITH done AS (
@@ -46,13 +40,7 @@ WITH done AS (
     WHERE job_id = $1
     RETURNING org_id, test, target
 )
-INSERT INTO test_durations (org_id, test, target, runs, mean_ms, last_ms, last_seq)
-SELECT org_id, test, target, 1, $3::bigint, $3::bigint, $6 FROM done
-ON CONFLICT (org_id, test, target) DO UPDATE SET
-    runs = test_durations.runs + 1,
-    mean_ms = test_durations.mean_ms + (EXCLUDED.last_ms - test_durations.mean_ms) / (test_durations.runs + 1),
-    last_ms = EXCLUDED.last_ms,
-    last_seq = EXCLUDED.last_seq;
+SELECT record_duration(org_id, test, target, $3::bigint, $6) FROM done;
 
 -- name: job_retry_scheduled
 UPDATE jobs SET status = 'retrying', agent_id = NULL, batch_id = NULL, subject_seq = $2, last_seq = $2
