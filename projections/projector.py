@@ -61,6 +61,7 @@ async def apply_batch(conn: asyncpg.Connection, records: Sequence[Recorded], *, 
         await apply_many(conn, todo)
         if top > done:
             await conn.execute(Q["checkpoint_set"], PROJECTION, top)
+            await conn.execute(Q["projection_notify"], top)
     return top
 
 

@@ -480,6 +480,7 @@ def serve(
             workers=workers,
             log_level=log_level,
             access_log=False,
+            timeout_graceful_shutdown=3,  # open /v1/stream responses must not hold up a stop
         )
         return
     try:

@@ -55,7 +55,9 @@ class ApiService:
             log_level=log_level,
             access_log=False,
             lifespan="on",
+            timeout_graceful_shutdown=3,
         )
+        self.app = config.app
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
 
@@ -63,6 +65,9 @@ class ApiService:
         await self.server.serve()
 
     def stop(self) -> None:
+        changes = self.app.state.api.changes
+        if changes is not None:
+            changes.shutdown()  # end open /v1/stream responses so the server can drain
         self.server.should_exit = True
 
     @property

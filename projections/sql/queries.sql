@@ -164,3 +164,28 @@ SELECT coalesce(
     (SELECT avg(mean_ms) FROM test_durations
      WHERE org_id = $1 AND target = $2 AND test LIKE regexp_replace($3, '[^/]*$', '') || '%')
 ) AS estimate_ms;
+
+-- name: stream_changed
+-- Jobs changed past a cursor, for /v1/stream: $2 org, $3 run, $4 job ids, $5 status (NULL: any).
+SELECT * FROM jobs
+WHERE last_seq > $1
+  AND ($2::text IS NULL OR org_id = $2)
+  AND ($3::text IS NULL OR run_id = $3)
+  AND ($4::text[] IS NULL OR job_id = ANY($4::text[]))
+  AND ($5::text IS NULL OR status = $5)
+ORDER BY last_seq, job_id
+LIMIT $6;
+
+-- name: stream_same_seq
+-- The rest of a group of jobs sharing one sequence, after the page that cut it.
+SELECT * FROM jobs
+WHERE last_seq = $1 AND job_id > $2
+  AND ($3::text IS NULL OR org_id = $3)
+  AND ($4::text IS NULL OR run_id = $4)
+  AND ($5::text[] IS NULL OR job_id = ANY($5::text[]))
+  AND ($6::text IS NULL OR status = $6)
+ORDER BY job_id;
+
+-- name: projection_notify
+-- Wakes /v1/stream listeners of this schema once the transaction commits.
+SELECT pg_notify('qgjob.' || current_schema(), $1::bigint::text);

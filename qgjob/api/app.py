@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
@@ -24,7 +24,7 @@ from eventstore.logs import LogStore
 from projections import queries as read
 from projections.projector import checkpoint
 from projections.schema import connect_pool, migrate, queries
-from qgjob.api import auth
+from qgjob.api import auth, stream
 from qgjob.api.errors import (
     ApiError,
     BodyTooLarge,
@@ -59,6 +59,7 @@ class Api:
         self.store: EventStore | None = None
         self.pool: asyncpg.Pool | None = None
         self.submitter: Submitter | None = None
+        self.changes: stream.Changes | None = None
         self._principals: dict[str, auth.Principal] = {}
         self._queued: dict[str, tuple[float, int]] = {}
 
@@ -73,9 +74,12 @@ class Api:
         async with self.pool.acquire() as conn:
             await migrate(conn, s.schema)
         self.submitter = Submitter(self.store, self.pool, atomic_batch_max=s.atomic_batch_max)
+        self.changes = stream.Changes(s.database_url, s.schema)
+        await self.changes.start()
         try:
             yield
         finally:
+            await self.changes.close()
             await self.pool.close()
             await self.store.close()
 
@@ -346,6 +350,39 @@ class Api:
         await self.caught_up()
         return _Json({"run_id": run_id, "cancelled": sum(1 for s in results if s is None)})
 
+    # --- live changes ---------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        who = await self.principal(request)
+        if self.changes is None:
+            raise Unavailable("the API is not listening for changes yet")
+        q = request.query_params
+        status = q.get("status")
+        if status is not None and status not in read.STATUSES:
+            raise ValidationFailed(
+                f"status: {status!r} is not a status; allowed: one of {', '.join(read.STATUSES)}",
+                detail=[{"field": "status", "message": f"allowed: {', '.join(read.STATUSES)}"}],
+            )
+        cursor = 0
+        for field, text in (("since", q.get("since")), ("Last-Event-ID", request.headers.get("last-event-id"))):
+            if text is None or text == "":
+                continue
+            if not text.strip().isdigit():
+                raise ValidationFailed(
+                    f"{field}: {text!r} is not an event id; allowed: a stream sequence, an integer >= 0",
+                    detail=[{"field": field, "message": "allowed: an integer >= 0"}],
+                )
+            cursor = int(text)  # the header, read last, wins over ?since=
+        f = stream.Filter(
+            org_id=who.scope(), run_id=q.get("run_id"), job_ids=q.getlist("job_id") or None, status=status
+        )
+        await self.caught_up()  # read-your-writes: the first snapshot includes what this client just submitted
+        return StreamingResponse(
+            stream.events(self.db, self.changes, f, cursor),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     # --- the rest -------------------------------------------------------------
 
     async def agents(self, request: Request) -> Response:
@@ -469,6 +506,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/jobs/{job_id}/logs", _guard(api.job_logs), methods=["GET"]),
         Route("/v1/runs/{run_id}", _guard(api.get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", _guard(api.cancel_run), methods=["POST"]),
+        Route("/v1/stream", _guard(api.live), methods=["GET"]),
         Route("/v1/agents", _guard(api.agents), methods=["GET"]),
         Route("/v1/metrics", _guard(api.metrics_json), methods=["GET"]),
         Route("/v1/tokens", _guard(api.create_token), methods=["POST"]),

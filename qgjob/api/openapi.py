@@ -57,6 +57,12 @@ def document() -> dict[str, Any]:
             },
             "/v1/runs/{run_id}": {"get": _op("A run's summary and jobs", errors=(404,))},
             "/v1/runs/{run_id}/cancel": {"post": _op("Cancel a run's unfinished jobs", errors=(404,))},
+            "/v1/stream": {
+                "get": _op(
+                    "Server-sent events of job changes (filters run_id, job_id, status; resumable with Last-Event-ID)",
+                    errors=(422,),
+                )
+            },
             "/v1/agents": {"get": _op("Agents")},
             "/v1/metrics": {"get": _op("Counts by status, queue depth, installs")},
             "/v1/tokens": {"post": _op("Create a token for an org (admin)", 201, errors=(422,))},
