@@ -267,7 +267,7 @@ class Agent:
         finally:
             self._running.pop(job.job_id, None)
         self.jobs_run += 1
-        if outcome.log:
+        if outcome.log and not outcome.log_fits_tail:  # a short log travels whole in the result's log_tail
             try:
                 await self.logs.put(job.job_id, job.attempt, outcome.log)
             except QgjobError as exc:

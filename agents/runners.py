@@ -35,6 +35,11 @@ class Outcome:
         """The last 4 KiB of the log as text (undecodable bytes replaced)."""
         return tail_text(self.log)
 
+    @property
+    def log_fits_tail(self) -> bool:
+        """Whether :attr:`log_tail` holds the whole log, so it needs no separate store."""
+        return len(self.log) <= LOG_TAIL_BYTES
+
 
 def tail_text(data: bytes, size: int = LOG_TAIL_BYTES) -> str:
     """The last ``size`` bytes of ``data`` decoded as UTF-8, never starting mid-character."""

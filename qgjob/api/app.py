@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
-from eventstore.events import JobCancelled, is_terminal
+from eventstore.events import JobCancelled, JobFailed, JobPassed, is_terminal
 from eventstore.logs import LogStore
 from projections import queries as read
 from projections.projector import checkpoint
@@ -307,17 +307,31 @@ class Api:
             )
         attempts = [int(wanted)] if wanted is not None else list(range(1, row["attempts"] + 1))
         logs = LogStore(self.es)
+        tails: dict[int, str] | None = None
         parts = []
         for attempt in attempts:
             data = await logs.get(row["job_id"], attempt)
-            if data is None:
-                continue
+            if data is None:  # a log short enough to travel whole in its result event
+                if tails is None:
+                    tails = await self._result_logs(row)
+                if attempt not in tails:
+                    continue
+                data = tails[attempt].encode()
             if wanted is None:
                 parts.append(f"=== {row['job_id']} attempt {attempt} ===\n".encode())
             parts.append(data if data.endswith(b"\n") or not data else data + b"\n")
         if not parts:
             raise NotFound(f"no log stored for job {row['job_id']}" + (f" attempt {wanted}" if wanted else ""))
         return Response(b"".join(parts), media_type="text/plain; charset=utf-8")
+
+    async def _result_logs(self, row: asyncpg.Record) -> dict[int, str]:
+        """Each attempt's ``log_tail``, from the job's result events."""
+        subject = self.es.subjects.job(row["app_version_id"], row["target"], row["org_id"], row["job_id"])
+        return {
+            rec.event.attempt: rec.event.log_tail
+            for rec in await self.es.history(subject)
+            if isinstance(rec.event, JobPassed | JobFailed) and rec.event.log_tail
+        }
 
     # --- runs -----------------------------------------------------------------
 

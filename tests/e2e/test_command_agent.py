@@ -16,7 +16,7 @@ SCRIPT = """
 import sys, time
 test = sys.argv[1]
 print("installed build", sys.argv[2], "running", test, flush=True)
-for i in range(3):
+for i in range(300 if "verbose" in test else 3):
     print("step", i, "of", test)
 if "sleep" in test:
     time.sleep(30)
@@ -69,8 +69,9 @@ def test_command_runner_agent_end_to_end(make_stack, tmp_path: Path) -> None:
         ok = submit(stack, app, "tests/login.spec.js")
         bad = submit(stack, app, "tests/payments_fail.spec.js")
         slow = submit(stack, app, "tests/sleep_forever.spec.js")
+        chatty = submit(stack, app, "tests/verbose_report.spec.js")
         started = time.monotonic()
-        r = stack.cli("wait", "--job-id", ok, "--job-id", bad, "--job-id", slow, "--timeout", "60")
+        r = stack.cli("wait", "--job-id", ok, "--job-id", bad, "--job-id", slow, "--job-id", chatty, "--timeout", "60")
         assert r.returncode == 1, describe(r)  # one failed
         assert time.monotonic() - started < 30  # the sleeper was killed at its 1.5 s timeout
         good = stack.cli_json("status", "--job-id", ok)
@@ -85,6 +86,12 @@ def test_command_runner_agent_end_to_end(make_stack, tmp_path: Path) -> None:
         assert f"installed build {app} running tests/payments_fail.spec.js" in whole.stdout
         assert "step 2 of tests/payments_fail.spec.js" in whole.stdout
         assert "=== " in whole.stdout and "attempt 1 ===" in whole.stdout
+        # A log longer than the tail the event carries is kept whole in the object store.
+        long_one = stack.cli_json("status", "--job-id", chatty)
+        assert "installed build" not in long_one["log_tail"] and long_one["log_tail"].endswith("1 passed\n")
+        whole = stack.cli("logs", "--job-id", chatty)
+        assert whole.returncode == 0, describe(whole)
+        assert "installed build" in whole.stdout and "step 0 of" in whole.stdout and "step 299 of" in whole.stdout
         missing = stack.cli("logs", "--job-id", bad, "--attempt", "2")
         assert missing.returncode == 2 and "attempt" in missing.stderr, describe(missing)
     finally:
