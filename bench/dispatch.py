@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec
 import nats
+import psutil
 
 from bench.common import Servers, percentile, servers, table, write_json
 from bench.loadclient import Connection
@@ -85,7 +86,36 @@ async def passed_now(conn: Connection) -> int:
     return int(msgspec.json.decode(answer)["jobs_by_status"]["passed"])
 
 
-async def throughput(url: str, token: str, n: int) -> float:
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each server and service process, by role."""
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "nats-server" in cmd:
+            role = "nats"
+        elif "postgres" in cmd:
+            role = "postgres"
+        elif " serve " in cmd or " agent " in cmd:
+            role = cmd.split(" serve ", 1)[-1].split()[0] if " serve " in cmd else "agents"
+        else:
+            continue
+        times = proc.info["cpu_times"]
+        if times is not None:
+            out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
+async def throughput(url: str, token: str, n: int, cpu: dict[str, float] | None = None) -> float:
+    before = cpu_seconds()
+    try:
+        return await _throughput(url, token, n)
+    finally:
+        if cpu is not None:
+            after = cpu_seconds()
+            cpu.update({role: (after[role] - before.get(role, 0.0)) * 1000 / n for role in after})
+
+
+async def _throughput(url: str, token: str, n: int) -> float:
     async with Connection(url, token) as conn:
         before = await passed_now(conn)
         start = time.perf_counter()
@@ -143,7 +173,8 @@ async def main(args: argparse.Namespace) -> None:
         lat = await dispatch_latencies(s, url, token, args.jobs)
         if args.breakdown:
             await breakdown(s.nats_url)
-        flow = await throughput(url, token, args.throughput_jobs) if args.throughput_jobs else float("nan")
+        cpu: dict[str, float] = {}
+        flow = await throughput(url, token, args.throughput_jobs, cpu) if args.throughput_jobs else float("nan")
 
     rows = [
         ("raw NATS request/reply p50", f"{percentile(raw, 50):.2f} ms", "floor"),
@@ -152,6 +183,7 @@ async def main(args: argparse.Namespace) -> None:
         (f"dispatch submit->JobStarted p99 ({len(lat)} jobs)", f"{percentile(lat, 99):.2f} ms", "<= 10 ms"),
         (f"end-to-end throughput, 4 agents ({args.throughput_jobs} jobs)", f"{flow:,.0f} jobs/s", ">= 1,000 jobs/s"),
     ]
+    rows += [(f"CPU per job during the throughput run: {role}", f"{ms:.2f} ms", "") for role, ms in sorted(cpu.items())]
     print(table("qgjob dispatch benchmark", rows))
     path = write_json(
         "dispatch",
@@ -161,6 +193,7 @@ async def main(args: argparse.Namespace) -> None:
             "dispatch_p50_ms": percentile(lat, 50),
             "dispatch_p99_ms": percentile(lat, 99),
             "throughput_jobs_per_s": flow,
+            "cpu_ms_per_job": cpu,
             "params": vars(args),
         },
     )
