@@ -173,9 +173,9 @@ class Agent:
     async def _watch_cancels(self, batch: BatchAssigned, from_seq: int) -> None:
         """Stop a running test of this batch as soon as its job is cancelled."""
         wanted = {j.job_id for j in batch.jobs}
-        async for rec in self.store.subscribe(
-            self.store.subjects.jobs(batch.app_version_id, batch.target), from_seq=from_seq
-        ):
+        # Only this batch's jobs (server-side filters), not every job of the group.
+        subjects = [self._job_subject(batch, j) for j in batch.jobs]
+        async for rec in self.store.subscribe(subjects, from_seq=from_seq):
             event = rec.event
             if isinstance(event, JobCancelled) and event.job_id in wanted:
                 running = self._running.get(event.job_id)
@@ -188,6 +188,14 @@ class Agent:
 
     async def _run_batch(self, batch: BatchAssigned, seq: int = 1) -> None:
         ids = {"batch_id": batch.batch_id, "agent_id": self.agent_id}
+        log.info(
+            "batch %s: %d job(s) of %s on %s",
+            batch.batch_id,
+            len(batch.jobs),
+            batch.app_version_id,
+            batch.target,
+            extra=ids,
+        )
         watcher = asyncio.create_task(self._watch_cancels(batch, seq))
         try:
             if batch.install or self.installed != batch.app_version_id:
@@ -252,6 +260,7 @@ class Agent:
         seq = await self._start(batch, job, assigned_seq)
         if seq is None:
             return
+        log.info("job %s started: %s, attempt %d", job.job_id, job.test, job.attempt, extra=ids)
         running = asyncio.create_task(
             self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt, timeout_s=job.timeout_s)
         )
@@ -300,3 +309,6 @@ class Agent:
             await self.store.append(subject, result, expected=seq)
         except ConcurrencyConflict as exc:
             await self._rejected(batch, job, type(result).__name__, f"the job moved on (cancelled or requeued): {exc}")
+        else:
+            verdict = "passed" if outcome.passed else f"failed ({outcome.error or 'failed'})"
+            log.info("job %s %s in %d ms", job.job_id, verdict, outcome.duration_ms, extra=ids)

@@ -281,6 +281,50 @@ class EventStore:
             return None
         return Recorded(seq=int(raw.seq or 0), subject=raw.subject or subject, event=decode_event(raw.data or b""))
 
+    async def last_seq_at(self, when: datetime, *, timeout: float = 5.0) -> int:
+        """The sequence of the last event JetStream stored at or before ``when``
+        (0 if none): the stream as it stood at that moment is events 1..that."""
+        info = await self.js.stream_info(self.stream)
+        last = int(info.state.last_seq)
+        if last == 0:
+            return 0
+        try:
+            newest = (await self.js.get_msg(self.stream, seq=last, direct=True)).time
+        except nats.js.errors.NotFoundError:
+            newest = None  # deleted: look by time alone
+        if newest is not None and newest <= when:
+            return last
+        sub = await self.js.subscribe(
+            self.subjects.all,
+            ordered_consumer=True,
+            stream=self.stream,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=when, headers_only=True),
+        )
+        seen = 0
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except nats.errors.TimeoutError as exc:
+                    if newest is None or seen == last:
+                        return last  # nothing stored after ``when``
+                    raise EventStoreUnavailable(f"no event after {when.isoformat()} came within {timeout}s") from exc
+                meta = msg.metadata
+                seen = int(meta.sequence.stream)
+                if meta.timestamp > when:
+                    return seen - 1
+        finally:
+            await sub.unsubscribe()
+
+    def _filters(self, filter_subject: str | Sequence[str] | None) -> tuple[str, list[str] | None]:
+        """The subject and ``filter_subjects`` of a consumer over one filter or several."""
+        if filter_subject is None or isinstance(filter_subject, str):
+            return filter_subject or self.subjects.all, None
+        filters = list(dict.fromkeys(filter_subject))
+        if not filters:
+            raise ValueError("at least one filter subject is needed")
+        return filters[0], (filters if len(filters) > 1 else None)
+
     async def history(self, subject: str, *, timeout: float = 5.0) -> list[Recorded]:
         """Every event on ``subject`` (a subject or a filter), oldest first."""
         out: list[Recorded] = []
@@ -290,27 +334,28 @@ class EventStore:
 
     async def read(
         self,
-        filter_subject: str | None = None,
+        filter_subject: str | Sequence[str] | None = None,
         *,
         from_seq: int = 1,
         until_seq: int | None = None,
         timeout: float = 5.0,
     ) -> AsyncIterator[Recorded]:
-        """Events matching ``filter_subject`` from ``from_seq`` up to what is
-        stored now (or ``until_seq``), then stop."""
-        filter_subject = filter_subject or self.subjects.all
+        """Events matching ``filter_subject`` (one filter, or several) from
+        ``from_seq`` up to what is stored now (or ``until_seq``), then stop."""
+        subject, filters = self._filters(filter_subject)
         info = await self.js.stream_info(self.stream)
         end = int(info.state.last_seq) if until_seq is None else min(until_seq, int(info.state.last_seq))
         if end < from_seq:
             return
         sub = await self.js.subscribe(
-            filter_subject,
+            subject,
             ordered_consumer=True,
             stream=self.stream,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=max(from_seq, 1),
                 headers_only=False,
+                filter_subjects=filters,
             ),
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
@@ -330,14 +375,16 @@ class EventStore:
         finally:
             await sub.unsubscribe()
 
-    async def subscribe(self, filter_subject: str | None = None, *, from_seq: int = 1) -> AsyncIterator[Recorded]:
-        """Events matching ``filter_subject`` from ``from_seq`` on, then live, forever."""
+    async def subscribe(
+        self, filter_subject: str | Sequence[str] | None = None, *, from_seq: int = 1
+    ) -> AsyncIterator[Recorded]:
+        """Events matching ``filter_subject`` (one filter, or several) from ``from_seq`` on, then live, forever."""
         async for batch in self.subscribe_batches(filter_subject, from_seq=from_seq):
             for rec in batch:
                 yield rec
 
     async def subscribe_batches(
-        self, filter_subject: str | None = None, *, from_seq: int = 1, max_batch: int = 1000
+        self, filter_subject: str | Sequence[str] | None = None, *, from_seq: int = 1, max_batch: int = 1000
     ) -> AsyncIterator[list[Recorded]]:
         """Like :meth:`subscribe`, but yields every event already delivered
         together, so a consumer can act once per burst instead of per event."""
@@ -346,12 +393,15 @@ class EventStore:
         async def on_msg(msg: Msg) -> None:
             await queue.put(msg)
 
+        subject, filters = self._filters(filter_subject)
         sub = await self.js.subscribe(
-            filter_subject or self.subjects.all,
+            subject,
             ordered_consumer=True,
             stream=self.stream,
             cb=on_msg,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(from_seq, 1)),
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(from_seq, 1), filter_subjects=filters
+            ),
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
         )

@@ -26,6 +26,11 @@ import string
 
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_+=@:,/~")
 EMPTY_TOKEN = "%"
+_FIELDS = {
+    ("job", 4): ("app_version_id", "target", "org_id", "job_id"),
+    ("batch", 3): ("app_version_id", "target", "batch_id"),
+    ("agent", 2): ("target", "agent_id"),
+}
 
 
 def _keeps(ch: str) -> bool:
@@ -99,11 +104,17 @@ class Subjects:
             (self.prefix, "batch", encode_token(app_version_id), encode_token(target), encode_token(batch_id))
         )
 
-    def batches(self, target: str = "*") -> str:
-        return ".".join((self.prefix, "batch", "*", "*" if target == "*" else encode_token(target), "*"))
+    def batches(self, target: str = "*", app_version_id: str = "*") -> str:
+        """A filter over batch subjects; ``*`` leaves a token unfiltered."""
+        tokens = ["*" if p == "*" else encode_token(p) for p in (app_version_id, target)]
+        return ".".join((self.prefix, "batch", *tokens, "*"))
 
     def agent(self, target: str, agent_id: str) -> str:
         return ".".join((self.prefix, "agent", encode_token(target), encode_token(agent_id)))
+
+    def agents(self, target: str = "*") -> str:
+        """A filter over agent subjects; ``*`` leaves the target unfiltered."""
+        return ".".join((self.prefix, "agent", "*" if target == "*" else encode_token(target), "*"))
 
     def claims(self, org_id: str, app_version_id: str, target: str) -> str:
         return ".".join(
@@ -123,6 +134,16 @@ class Subjects:
 
     def token(self, token_id: str) -> str:
         return ".".join((self.prefix, "token", encode_token(token_id)))
+
+    def ids(self, subject: str) -> dict[str, str]:
+        """The values a job, batch or agent subject carries, by field name (``{}`` for others)."""
+        parts = subject.split(".")
+        if len(parts) < 3 or parts[0] != self.prefix:
+            return {}
+        names = _FIELDS.get((parts[1], len(parts) - 2))
+        if names is None:
+            return {}
+        return {name: decode_token(token) for name, token in zip(names, parts[2:], strict=True)}
 
     def parse_job(self, subject: str) -> tuple[str, str, str, str]:
         """``(app_version_id, target, org_id, job_id)`` of a job subject."""

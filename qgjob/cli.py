@@ -274,29 +274,79 @@ def cancel(
 
 @app.command()
 def events(
-    job_id: Annotated[str, typer.Option("--job-id", help="The job whose history to show.")],
+    job_id: Annotated[str | None, typer.Option("--job-id", help="The job whose history to show.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="The run whose history to show: its jobs and their batches.")
+    ] = None,
     json_: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """A job's history, read from the event stream: one line per event."""
-    answer = _call(_client(url, token).events, job_id)
+    """A job's or a run's history, read from the event stream: one line per event."""
+    from qgjob.audit import ONE_JOB, ONE_RUN, event_line
+
+    if bool(job_id) == bool(run_id):
+        _fail("pass --job-id or --run-id, not both", EXIT_USAGE)
+    client = _client(url, token)
+    answer = _call(client.events, job_id) if job_id else _call(client.run_events, run_id)
     if json_:
         _emit_json(answer)
         return
     for e in answer["events"]:
-        bits = [e["at"], f"#{e['seq']}", e["type"]]
-        if "attempt" in e:
-            bits.append(f"attempt={e['attempt']}")
-        if e.get("agent_id"):
-            bits.append(f"agent={e['agent_id']}")
-        if e.get("batch_id"):
-            bits.append(f"batch={e['batch_id']}")
-        if e.get("error"):
-            bits.append(f"error={e['error']!r}")
-        if e.get("reason"):
-            bits.append(f"reason={e['reason']!r}")
-        typer.echo("  ".join(bits))
+        typer.echo(event_line(e, omit=ONE_JOB if job_id else ONE_RUN))
+
+
+@app.command()
+def tail(
+    org_id: Annotated[str | None, typer.Option("--org-id", help="Only this org (org tokens: their own).")] = None,
+    app_version_id: Annotated[str | None, typer.Option("--app-version-id", help="Only this build.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help=TARGET_HELP)] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Only the jobs of this run.")] = None,
+    type_: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this event type, e.g. JobFailed; repeat for several.")
+    ] = None,
+    since: Annotated[
+        int | None, typer.Option("--since", help="Start after this stream sequence (0: from the first event).")
+    ] = None,
+    count: Annotated[int | None, typer.Option("--count", help="Stop after this many events.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per event and line on stdout.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Follow events live as they are stored, filtered by the server; Ctrl-C stops."""
+    from qgjob.audit import event_line
+
+    if since is not None and since < 0:
+        _fail("--since: allowed: a stream sequence, 0 or more", EXIT_USAGE)
+    if count is not None and count < 1:
+        _fail("--count: allowed: 1 or more", EXIT_USAGE)
+    client = _client(url, token)
+    feed = client.tail(
+        org_id=org_id, app_version_id=app_version_id, target=target, run_id=run_id, type=type_ or [], since=since
+    )
+    seen = 0
+    last: int | None = since
+    try:
+        while (item := _call(next, feed, None)) is not None:
+            kind, event = item
+            if kind == "ready":
+                typer.echo(
+                    f"Following {', '.join(event['subjects'])} from sequence {event['seq']} (Ctrl-C to stop)", err=True
+                )
+                continue
+            last = event["seq"]
+            if json_:
+                _emit_json(event)
+            else:
+                typer.echo(event_line(event))
+            sys.stdout.flush()
+            seen += 1
+            if count is not None and seen >= count:
+                raise typer.Exit(EXIT_OK)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_OK) from None
+    resume = f"; resume with --since {last}" if last is not None else ""
+    _fail(f"the server closed the stream{resume}", EXIT_UNAVAILABLE)
 
 
 @app.command()
@@ -373,7 +423,12 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def _configure_logging(level: str, fmt: str) -> None:
     from qgjob.logs import configure
 
-    configure(level, fmt)
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        _fail(f"--log-level: {level!r} is not allowed; allowed: debug, info, warning, error", EXIT_USAGE)
+    try:
+        configure(level, fmt)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
 
 
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
@@ -470,6 +525,8 @@ def serve(
 
         import uvicorn
 
+        from qgjob.logs import dict_config
+
         for key, value in (("QGJOB_NATS_URL", s.nats_url), ("QGJOB_DATABASE_URL", s.database_url)):
             os.environ[key] = value
         uvicorn.run(
@@ -479,6 +536,7 @@ def serve(
             port=port,
             workers=workers,
             log_level=log_level,
+            log_config=dict_config(log_level, log_format),  # each worker logs like this process
             access_log=False,
             timeout_graceful_shutdown=3,  # open /v1/stream responses must not hold up a stop
         )
@@ -570,17 +628,26 @@ def replay(
         str | None, typer.Option("--schema", help="Rebuild into this schema (default: qgjob_replay).")
     ] = None,
     keep: Annotated[bool, typer.Option("--keep", help="With --verify: keep the scratch schema.")] = False,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            metavar="TIME|SEQ",
+            help="Rebuild the projections as they stood at this moment: a stream sequence, or an ISO 8601 time "
+            "(2025-01-31T14:03:00Z; without a zone: local time; 14:03 alone: today). Not with --verify.",
+        ),
+    ] = None,
     json_: JsonOpt = False,
     nats_url: NatsUrlOpt = None,
     database_url: DatabaseUrlOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Rebuild the projections from the event stream (exit 1 if --verify finds differences)."""
+    """Rebuild the projections from the event stream, now or as of --until (exit 1 if --verify finds differences)."""
     from qgjob.replay import run_replay
 
     s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)
     try:
-        code, report = asyncio.run(run_replay(s, verify=verify, schema=schema, keep=keep))
+        code, report = asyncio.run(run_replay(s, verify=verify, schema=schema, keep=keep, until=until))
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
     except ValueError as exc:

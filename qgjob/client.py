@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -93,6 +94,41 @@ class Client:
 
     def events(self, job_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}/events")[1]
+
+    def run_events(self, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/runs/{run_id}/events")[1]
+
+    def tail(self, **params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(event type, event)`` from ``GET /v1/tail`` as they come; the first is
+        ``("ready", {...})``. Ends when the server closes the stream."""
+        query = [(k, v) for k, v in params.items() if v is not None and not isinstance(v, (list, tuple))]
+        query += [(k, item) for k, v in params.items() if isinstance(v, (list, tuple)) for item in v]
+        connected = False
+        try:
+            with self.http.stream("GET", "/v1/tail", params=query, timeout=httpx.Timeout(30.0, read=None)) as response:
+                connected = True
+                if response.status_code != 200:
+                    response.read()
+                    try:
+                        body = msgspec.json.decode(response.content)
+                    except msgspec.DecodeError:
+                        body = {"message": response.text[:200]}
+                    raise ClientError(
+                        body.get("message") or f"HTTP {response.status_code}", status=response.status_code, body=body
+                    )
+                kind, data = "message", []
+                for line in response.iter_lines():
+                    if line == "":
+                        if data:
+                            yield kind, msgspec.json.decode("\n".join(data))
+                        kind, data = "message", []
+                    elif line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+        except httpx.TransportError as exc:
+            what = "lost the connection to" if connected else "cannot reach"
+            raise Unreachable(f"{what} the qgjob server at {self.url}: {exc}") from exc
 
     def logs(self, job_id: str, attempt: int | None = None) -> bytes:
         params = {"attempt": attempt} if attempt is not None else None

@@ -53,6 +53,7 @@ class ApiService:
             host=host,
             port=port,
             log_level=log_level,
+            log_config=None,  # uvicorn logs through the handler the CLI configured (text or JSON)
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=3,

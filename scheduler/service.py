@@ -178,6 +178,7 @@ class SchedulerService:
             else:
                 (event,) = events
                 await self.store.append(self._job_subject(decision.job_id), event, expected=decision.expected)
+                log.info("job %s: %s", decision.job_id, type(event).__name__, extra={"job_id": decision.job_id})
         except ConcurrencyConflict as exc:
             log.info("decision overtaken by events, reconsidering: %s", exc)
             policy.reject(self.state, decision)

@@ -24,7 +24,7 @@ from eventstore.logs import LogStore
 from projections import queries as read
 from projections.projector import checkpoint
 from projections.schema import connect_pool, migrate, queries
-from qgjob.api import auth, stream
+from qgjob.api import auth, history, stream, tail
 from qgjob.api.errors import (
     ApiError,
     BodyTooLarge,
@@ -39,7 +39,7 @@ from qgjob.api.errors import (
 from qgjob.api.openapi import document
 from qgjob.api.submit import Item, Submitter
 from qgjob.api.validation import parse_jobs
-from qgjob.settings import Settings
+from qgjob.settings import TARGETS, Settings
 
 log = logging.getLogger(__name__)
 Q = queries()
@@ -160,6 +160,7 @@ class Api:
             raise Unavailable()
         run_id, items = await self.submitter.submit(jobs, idempotency=request.headers.get("idempotency-key"))
         self._count_queued(next(iter(orgs)), sum(1 for i in items if i.duplicate_of is None))
+        _log_submitted(run_id, items)
         if not bulk:
             item = items[0]
             if item.duplicate_of is not None:
@@ -283,6 +284,12 @@ class Api:
                     JobCancelled(job_id=row["job_id"], reason=reason, dedup_key=row["dedup_key"]),
                     expected=last.seq,
                 )
+                log.info(
+                    "job %s cancelled: %s",
+                    row["job_id"],
+                    reason,
+                    extra={"job_id": row["job_id"], "run_id": row["run_id"]},
+                )
                 return None
             except ConcurrencyConflict:
                 continue
@@ -291,9 +298,7 @@ class Api:
     async def job_events(self, request: Request) -> Response:
         who = await self.principal(request)
         row = await self._job_row(request.path_params["job_id"], who)
-        subject = self.es.subjects.job(row["app_version_id"], row["target"], row["org_id"], row["job_id"])
-        history = await self.es.history(subject)
-        return _Json({"job_id": row["job_id"], "events": [_event_view(r.seq, r.subject, r.event) for r in history]})
+        return _Json({"job_id": row["job_id"], "events": await history.job_history(self.es, row)})
 
     async def job_logs(self, request: Request) -> Response:
         """The whole output of a job's attempts (``?attempt=N`` for one), as text."""
@@ -346,6 +351,15 @@ class Api:
         summary["jobs"] = [read.job_view(r) for r in rows]
         return _Json(summary)
 
+    async def run_events(self, request: Request) -> Response:
+        who = await self.principal(request)
+        run_id = request.path_params["run_id"]
+        await self.caught_up()  # every job of a run just submitted
+        rows = await read.list_jobs(self.db, org_id=who.scope(), run_id=run_id, limit=100_000)
+        if not rows:
+            raise NotFound(f"no run {run_id}")
+        return _Json({"run_id": run_id, "events": await history.run_history(self.es, rows)})
+
     async def cancel_run(self, request: Request) -> Response:
         who = await self.principal(request)
         run_id = request.path_params["run_id"]
@@ -393,6 +407,60 @@ class Api:
         await self.caught_up()  # read-your-writes: the first snapshot includes what this client just submitted
         return StreamingResponse(
             stream.events(self.db, self.changes, f, cursor),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def tail_events(self, request: Request) -> Response:
+        """``GET /v1/tail``: live decoded events, filtered server-side (see :mod:`qgjob.api.tail`)."""
+        who = await self.principal(request)
+        q = request.query_params
+        org_id = q.get("org_id") or None
+        if not who.admin:
+            if org_id is not None and org_id != who.org_id:
+                raise Forbidden(f"org_id: this token belongs to org {who.org_id!r} and cannot tail {org_id!r}")
+            org_id = who.org_id
+        target = q.get("target") or None
+        if target is not None and target not in TARGETS:
+            raise ValidationFailed(
+                f"target: {target!r} is not allowed; allowed: {', '.join(TARGETS)}",
+                detail=[{"field": "target", "message": f"allowed: {', '.join(TARGETS)}"}],
+            )
+        types = frozenset(t for value in q.getlist("type") for t in value.split(",") if t)
+        if unknown := sorted(types - tail.TYPES):
+            raise ValidationFailed(
+                f"type: {', '.join(unknown)} is not an event type; allowed: {', '.join(sorted(tail.TYPES))}",
+                detail=[{"field": "type", "message": "not an event type"}],
+            )
+        since = request.headers.get("last-event-id") or q.get("since")  # the header wins: a reconnect
+        if since is not None and not since.strip().isdigit():
+            raise ValidationFailed(
+                f"since: {since!r} is not a stream sequence; allowed: an integer >= 0",
+                detail=[{"field": "since", "message": "allowed: an integer >= 0"}],
+            )
+        f = tail.TailFilter(
+            org_id=org_id,
+            app_version_id=q.get("app_version_id") or None,
+            target=target,
+            run_id=q.get("run_id") or None,
+            types=types,
+        )
+        try:
+            tail.subjects(f, self.es.subjects)
+        except tail.TailRefused as exc:
+            if not who.admin:
+                raise Forbidden(str(exc)) from exc
+            raise ValidationFailed(str(exc), detail=[{"field": "type", "message": str(exc)}]) from exc
+        start = (await self.es.last_seq() if since is None else int(since)) + 1
+        run = None
+        if f.run_id is not None:
+            # The run's jobs so far; later ones announce themselves with JobSubmitted.
+            await self.caught_up()
+            rows = await read.list_jobs(self.db, org_id=org_id, run_id=f.run_id, limit=100_000)
+            run = tail.RunJobs(f.run_id, [r["job_id"] for r in rows])
+        changes = self.changes
+        return StreamingResponse(
+            tail.feed(self.es, f, start, run=run, stopping=lambda: changes is None or changes.closed),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -491,9 +559,20 @@ def _item_view(item: Item) -> dict[str, Any]:
     return view
 
 
-def _event_view(seq: int, subject: str, event: Any) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(event)
-    return {"seq": seq, "subject": subject, **body}
+def _log_submitted(run_id: str, items: list[Item]) -> None:
+    new = [i for i in items if i.duplicate_of is None]
+    if len(items) == 1:
+        item = items[0]
+        what = "submitted" if item.duplicate_of is None else f"is a duplicate of {item.duplicate_of}"
+        log.info("job %s %s (run %s)", item.job_id, what, run_id, extra={"job_id": item.job_id, "run_id": run_id})
+    else:
+        log.info(
+            "run %s: %d job(s) submitted, %d duplicate(s)",
+            run_id,
+            len(new),
+            len(items) - len(new),
+            extra={"run_id": run_id},
+        )
 
 
 def _guard(handler: Handler) -> Handler:
@@ -520,6 +599,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/jobs/{job_id}/logs", _guard(api.job_logs), methods=["GET"]),
         Route("/v1/runs/{run_id}", _guard(api.get_run), methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", _guard(api.cancel_run), methods=["POST"]),
+        Route("/v1/runs/{run_id}/events", _guard(api.run_events), methods=["GET"]),
+        Route("/v1/tail", _guard(api.tail_events), methods=["GET"]),
         Route("/v1/stream", _guard(api.live), methods=["GET"]),
         Route("/v1/agents", _guard(api.agents), methods=["GET"]),
         Route("/v1/metrics", _guard(api.metrics_json), methods=["GET"]),

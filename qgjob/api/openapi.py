@@ -57,6 +57,16 @@ def document() -> dict[str, Any]:
             },
             "/v1/runs/{run_id}": {"get": _op("A run's summary and jobs", errors=(404,))},
             "/v1/runs/{run_id}/cancel": {"post": _op("Cancel a run's unfinished jobs", errors=(404,))},
+            "/v1/runs/{run_id}/events": {
+                "get": _op("A run's history: its jobs' and their batches' events, from the stream", errors=(404,))
+            },
+            "/v1/tail": {
+                "get": _op(
+                    "Server-sent events: every event as it is stored, filtered by subject on the server "
+                    "(org_id, app_version_id, target, run_id, type; since or Last-Event-ID)",
+                    errors=(422,),
+                )
+            },
             "/v1/stream": {
                 "get": _op(
                     "Server-sent events of job changes (filters run_id, job_id, status; resumable with Last-Event-ID)",

@@ -29,6 +29,51 @@ def test_nats_commands_use_subjects_the_store_writes() -> None:
         assert prefix.split(".")[1] in {"job", "batch", "agent", "claim", "idem", "token"}
 
 
+def test_every_nats_command_names_subjects_the_store_writes() -> None:
+    """Each documented subject, with its placeholder filled, matches subjects the
+    store builds for those values (NATS wildcard rules), and nothing else."""
+    s = Subjects()
+    written = {
+        "group": s.job("2.4.0", "emulator", "acme", "job_1"),
+        "other build": s.job("2.4.1", "emulator", "acme", "job_2"),
+        "device": s.job("2.4.0", "device", "globex", "job_3"),
+        "batch": s.batch("2.4.0", "emulator", "bat_1"),
+        "agent": s.agent("device", "dev-1"),
+        "heartbeat": s.heartbeat("dev-1"),
+    }
+    documented = re.findall(r"^nats (?:sub(?: --all)?|stream view QGJOB --subject) '([^']+)'", README, re.M)
+    expected = {
+        "qgjob.job.2%2E4%2E0.emulator.>": {"group"},
+        "qgjob.job.*.*.acme.*": {"group", "other build"},
+        "qgjob.job.*.device.>": {"device"},
+        "qgjob.batch.>": {"batch"},
+        "qgjob.agent.>": {"agent"},
+        "_hb.qgjob.*": {"heartbeat"},
+        "qgjob.job.*.*.*.job_1": {"group"},
+    }
+    assert set(documented) >= set(expected) - {"qgjob.job.*.*.*.job_1"}
+    for pattern in documented:
+        concrete = pattern.replace("JOB_ID", "job_1")
+        assert concrete in expected, f"README documents {pattern!r}; add it to this test"
+        matched = {name for name, subject in written.items() if _matches(concrete, subject)}
+        assert matched == expected[concrete], (pattern, matched)
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    p, t = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(t) > i
+        if i >= len(t) or (token != "*" and token != t[i]):
+            return False
+    return len(p) == len(t)
+
+
+def test_the_audit_commands_are_documented() -> None:
+    for text in ("qgjob tail", "--run-id ID", "qgjob replay --until", "--log-format json", "GET /v1/tail"):
+        assert text in README, text
+
+
 def test_every_cli_command_is_documented() -> None:
     result = CliRunner().invoke(app, ["--help"], terminal_width=200)
     assert result.exit_code == 0
