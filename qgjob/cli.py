@@ -209,6 +209,54 @@ def wait_cmd(
     raise typer.Exit(result.exit_code)
 
 
+@app.command("run")
+def run_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Spec files, folders or globs ('tests/**/*.spec.js').")],
+    org_id: Annotated[str, typer.Option("--org-id", help="Your organisation.")],
+    app_version_id: Annotated[str, typer.Option("--app-version-id", help="The build under test.")],
+    target: Annotated[str, typer.Option("--target", help=TARGET_HELP)],
+    priority: Annotated[int, typer.Option("--priority", help="Lower runs first.")] = 5,
+    retries: Annotated[int, typer.Option("--retries", help="Retries of a failed test.")] = 3,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report here.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Give up after S seconds (exit 3).")] = None,
+    fail_fast: Annotated[
+        int | None, typer.Option("--fail-fast", metavar="N", help="Cancel the rest of the run after N failed jobs.")
+    ] = None,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Follow /v1/stream (else poll the run).")] = True,
+    json_: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Run a suite as one run: submit every spec, follow to the end, report; a re-run attaches."""
+    import os
+    import time
+
+    from qgjob import report
+    from qgjob import run as run_mod
+
+    began = time.monotonic()
+    if target not in settings_mod.TARGETS:
+        _fail(f"--target: {target!r} is not allowed; allowed: {', '.join(settings_mod.TARGETS)}", EXIT_USAGE)
+    if fail_fast is not None and fail_fast < 1:
+        _fail("--fail-fast: allowed: 1 or more", EXIT_USAGE)
+    if timeout is not None and timeout <= 0:
+        _fail("--timeout: allowed: a number of seconds above 0", EXIT_USAGE)
+    try:
+        specs = run_mod.expand(paths)
+    except run_mod.NoSpecs as exc:
+        _fail(str(exc), EXIT_USAGE)
+    suite = run_mod.Suite(
+        org_id, app_version_id, target, tuple(specs), priority, retries, labels=run_mod.ci_labels(os.environ)
+    )
+    options = run_mod.Options(junit=junit, timeout=timeout, fail_fast=fail_fast, json=json_, stream=stream)
+    live = not json_ and sys.stdout.isatty()
+    display = report.Display() if json_ else report.Live() if live else report.Lines()
+    outcome = _call(run_mod.execute, _client(url, token), suite, options, env=os.environ, display=display, began=began)
+    if json_:
+        _emit_json(outcome.document)
+    raise typer.Exit(outcome.exit_code)
+
+
 @app.command("list")
 def list_cmd(
     status_: Annotated[str | None, typer.Option("--status", help="Only jobs with this status.")] = None,

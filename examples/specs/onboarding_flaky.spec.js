@@ -1,7 +1,12 @@
-// AppWright spec: onboarding_flaky
+// Walks through onboarding. The carousel animation makes the first attempt
+// time out now and then: qgjob retries it and reports the pass as flaky.
 const { test, expect } = require("appwright");
 
-test("onboarding_flaky", async ({ device }) => {
-  await device.getByText("Welcome").waitFor({ state: "visible" });
+test("completes onboarding", async ({ device }) => {
+  for (const page of ["Track orders", "Save favourites", "Get offers"]) {
+    await expect(device.getByText(page)).toBeVisible();
+    await device.getByText("Next").tap();
+  }
+  await device.getByText("Get started").tap();
   await expect(device.getByText("Welcome")).toBeVisible();
 });

@@ -1,7 +1,10 @@
-// AppWright spec: profile
+// Edits the display name on the profile screen.
 const { test, expect } = require("appwright");
 
-test("profile", async ({ device }) => {
-  await device.getByText("Welcome").waitFor({ state: "visible" });
-  await expect(device.getByText("Welcome")).toBeVisible();
+test("updates the display name", async ({ device }) => {
+  await device.getById("tab-profile").tap();
+  await device.getByText("Edit").tap();
+  await device.getById("display-name").fill("QA Bot");
+  await device.getByText("Save").tap();
+  await expect(device.getByText("QA Bot")).toBeVisible();
 });
