@@ -6,7 +6,6 @@ or rejected input; 3 service unreachable or timed out.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -55,6 +54,17 @@ def _emit_json(value: Any) -> None:
 def _fail(message: str, code: int) -> NoReturn:
     typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(code)
+
+
+SERVER_MODULES = ("nats", "asyncpg", "starlette", "uvicorn", "prometheus_client", "psutil")
+
+
+def _needs_server(command: str) -> None:
+    """Exit 2 with the install hint when the server extra is not installed."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in SERVER_MODULES):
+        _fail(f"qgjob {command} needs the server extra: pip install 'qgjob[server]'", EXIT_USAGE)
 
 
 def _client(url: str | None, token: str | None, data_dir: Path | None = None) -> Client:
@@ -504,6 +514,7 @@ def up(
     log_format: LogFormatOpt = "text",
 ) -> None:
     """Start the whole stack on this machine (NATS, Postgres, API, scheduler, projector, agents)."""
+    _needs_server("up")
     from qgjob.stack.run import up as run_up
 
     _configure_logging(log_level, log_format)
@@ -532,6 +543,7 @@ def demo(
     log_level: LogLevelOpt = "error",
 ) -> None:
     """Start a fresh stack, run a sample suite through it, print the report, stop."""
+    _needs_server("demo")
     from qgjob.demo import run_demo
 
     _configure_logging(log_level, "text")
@@ -553,6 +565,7 @@ def serve(
     log_format: LogFormatOpt = "text",
 ) -> None:
     """Run one service in this process (production deployments)."""
+    _needs_server("serve")
     from qgjob.services import ApiService, ProjectorService, SchedulerRunner, run_until_signalled
     from qgjob.services import run as run_services
     from scheduler import policy
@@ -629,6 +642,7 @@ def agent(
     log_format: LogFormatOpt = "text",
 ) -> None:
     """Run an agent that takes batches for one target; SIGTERM drains it."""
+    _needs_server("agent")
     import os
     import socket
 
@@ -691,6 +705,9 @@ def replay(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Rebuild the projections from the event stream, now or as of --until (exit 1 if --verify finds differences)."""
+    _needs_server("replay")
+    import asyncio
+
     from qgjob.replay import run_replay
 
     s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)

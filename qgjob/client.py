@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import msgspec
 
 from eventstore.errors import QgjobError
+
+
+def _httpx() -> Any:
+    """httpx, imported on first use: ``qgjob --help`` starts faster without it."""
+    import httpx
+
+    return httpx
 
 
 class ClientError(QgjobError):
@@ -30,7 +36,7 @@ class Client:
         if token:
             headers["authorization"] = f"Bearer {token}"
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.http = _httpx().Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -56,7 +62,7 @@ class Client:
         hdrs.update(headers or {})
         try:
             response = self.http.request(method, path, content=content, params=params, headers=hdrs)
-        except httpx.TransportError as exc:
+        except _httpx().TransportError as exc:
             raise Unreachable(f"cannot reach the qgjob server at {self.url}: {exc}") from exc
         try:
             body = msgspec.json.decode(response.content) if response.content else {}
@@ -105,7 +111,8 @@ class Client:
         query += [(k, item) for k, v in params.items() if isinstance(v, (list, tuple)) for item in v]
         connected = False
         try:
-            with self.http.stream("GET", "/v1/tail", params=query, timeout=httpx.Timeout(30.0, read=None)) as response:
+            timeout = _httpx().Timeout(30.0, read=None)
+            with self.http.stream("GET", "/v1/tail", params=query, timeout=timeout) as response:
                 connected = True
                 if response.status_code != 200:
                     response.read()
@@ -126,7 +133,7 @@ class Client:
                         kind = line[6:].strip()
                     elif line.startswith("data:"):
                         data.append(line[5:].removeprefix(" "))
-        except httpx.TransportError as exc:
+        except _httpx().TransportError as exc:
             what = "lost the connection to" if connected else "cannot reach"
             raise Unreachable(f"{what} the qgjob server at {self.url}: {exc}") from exc
 
@@ -134,7 +141,7 @@ class Client:
         params = {"attempt": attempt} if attempt is not None else None
         try:
             response = self.http.get(f"/v1/jobs/{job_id}/logs", params=params)
-        except httpx.TransportError as exc:
+        except _httpx().TransportError as exc:
             raise Unreachable(f"cannot reach the qgjob server at {self.url}: {exc}") from exc
         if response.status_code != 200:
             try:
@@ -158,5 +165,5 @@ class Client:
     def ready(self) -> bool:
         try:
             return self.http.get("/readyz").status_code == 200
-        except httpx.TransportError:
+        except _httpx().TransportError:
             return False
