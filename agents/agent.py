@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import nats.errors
 
+from agents import metrics
 from agents.runners import Runner
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import (
@@ -203,6 +204,8 @@ class Agent:
                 await self.runner.install(batch.app_version_id, batch.target)
                 self.installed = batch.app_version_id
                 self.installs += 1
+                metrics.INSTALLS.labels(target=batch.target).inc()
+                metrics.INSTALL_SECONDS.labels(target=batch.target).observe(time.monotonic() - started)
                 await self.store.append(
                     self.store.subjects.batch(batch.app_version_id, batch.target, batch.batch_id),
                     AppInstalled(
@@ -276,6 +279,9 @@ class Agent:
         finally:
             self._running.pop(job.job_id, None)
         self.jobs_run += 1
+        metrics.RUN_DURATION.labels(target=batch.target, outcome="passed" if outcome.passed else "failed").observe(
+            outcome.duration_ms / 1000
+        )
         if outcome.log and not outcome.log_fits_tail:  # a short log travels whole in the result's log_tail
             try:
                 await self.logs.put(job.job_id, job.attempt, outcome.log)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,6 +56,13 @@ class _PubAck(msgspec.Struct):
 _ack_decoder = msgspec.json.Decoder(_PubAck)
 
 
+def _parse_stamp(stamp: str) -> datetime:
+    """A NATS RFC 3339 time with up to nanoseconds (``2026-11-24T13:10:01.123456789Z``)."""
+    head, _, rest = stamp.rstrip("Z").partition(".")
+    micros = (rest + "000000")[:6] if rest else "000000"
+    return datetime.fromisoformat(f"{head}.{micros}+00:00")
+
+
 @dataclass(frozen=True, slots=True)
 class Append:
     """One event to append; ``expected`` is the subject's last sequence (0: none yet)."""
@@ -85,6 +93,10 @@ def _raise_for(error: dict[str, Any], subject: str | None) -> None:
 
 class EventStore:
     """The event store over one JetStream stream."""
+
+    # Called with ("single" | "atomic", seconds) after every acknowledged append;
+    # the services set it to feed their metrics (the store itself keeps none).
+    on_append: Callable[[str, float], None] | None = None
 
     def __init__(self, nc: NATS, *, stream: str = "QGJOB", prefix: str = "qgjob") -> None:
         self.nc = nc
@@ -211,8 +223,11 @@ class EventStore:
         sequence is ``expected`` (0: the subject is empty), else
         :class:`ConcurrencyConflict`.
         """
+        started = time.perf_counter()
         try:
             ack = await self._request(subject, encode_event(event), self._headers(event, expected), timeout)
+            if EventStore.on_append is not None:
+                EventStore.on_append("single", time.perf_counter() - started)
         except ConcurrencyConflict:
             already = await self._already_appended(subject, event)
             if already is None:
@@ -244,6 +259,7 @@ class EventStore:
             return await self.append(a.subject, a.event, expected=a.expected, timeout=timeout)
         batch_id = new_id("b")
         last = len(appends)
+        started = time.perf_counter()
         try:
             for n, a in enumerate(appends[:-1], start=1):
                 headers = self._headers(a.event, a.expected)
@@ -264,6 +280,8 @@ class EventStore:
             if already is None:
                 raise
             return already
+        if EventStore.on_append is not None:
+            EventStore.on_append("atomic", time.perf_counter() - started)
         return ack.seq
 
     # --- reads --------------------------------------------------------------
@@ -272,6 +290,15 @@ class EventStore:
         """The stream's last sequence (0 when empty)."""
         info = await self.js.stream_info(self.stream)
         return int(info.state.last_seq)
+
+    async def stored_at(self, seq: int) -> datetime | None:
+        """When event ``seq`` was stored (``None``: no such event)."""
+        try:
+            raw = await self.js.get_msg(self.stream, seq=seq, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        stamp = (raw.headers or {}).get("Nats-Time-Stamp")
+        return None if stamp is None else _parse_stamp(stamp)
 
     async def last(self, subject: str) -> Recorded | None:
         """The last event on ``subject``, or ``None``."""

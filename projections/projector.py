@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventstore import EventStore, QgjobError, Recorded
 from projections.apply import apply_many
+from projections.metrics import APPLY_SECONDS, EVENTS_APPLIED
 from projections.schema import queries
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,13 @@ class Projector:
             records = [self.store.recorded(m) for m in msgs]
             try:
                 async with self.pool.acquire() as conn:
-                    self.checkpoint = await apply_batch(conn, records, first_seq=self.first_seq)
+                    with APPLY_SECONDS.time():
+                        self.checkpoint = await apply_batch(conn, records, first_seq=self.first_seq)
             except ProjectionGap as exc:
                 log.warning("projector rewinds: %s", exc)
                 await sub.unsubscribe()
                 sub = await self._consumer()
                 continue
             self.applied += len(records)
+            EVENTS_APPLIED.inc(len(records))
             await msgs[-1].ack()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -130,12 +130,17 @@ async def agents(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]
 
 
 async def metrics(conn: asyncpg.Connection | asyncpg.Pool, org_id: str | None) -> dict[str, Any]:
-    """Counts by status and target, queue depth per group, installs."""
+    """Counts by status and target, queues with their oldest job, retries, flaky
+    jobs, installs and agents by state."""
     by_status = {status: 0 for status in STATUSES}
     by_target: dict[str, dict[str, int]] = {}
-    for row in await conn.fetch(Q["counts_by_status"], org_id):
+    retries = flaky = 0
+    for row in await conn.fetch(Q["metrics_jobs"], org_id):
         by_status[row["status"]] += int(row["n"])
         by_target.setdefault(row["target"], {})[row["status"]] = int(row["n"])
+        retries += int(row["retries"] or 0)
+        flaky += int(row["flaky"] or 0)
+    now = datetime.now(UTC)
     queues = [
         {
             "app_version_id": r["app_version_id"],
@@ -143,16 +148,25 @@ async def metrics(conn: asyncpg.Connection | asyncpg.Pool, org_id: str | None) -
             "depth": int(r["depth"]),
             "best_priority": r["best_priority"],
             "oldest": _iso(r["oldest"]),
+            "oldest_age_s": round((now - r["oldest"]).total_seconds(), 3),
         }
         for r in await conn.fetch(Q["queue_depth"], org_id)
     ]
-    installs = await conn.fetchrow(Q["installs_done"])
+    installs = await conn.fetchrow(Q["metrics_installs"])
+    agents_by_state: dict[str, dict[str, int]] = {}
+    for row in await conn.fetch(Q["metrics_agents"]):
+        agents_by_state.setdefault(row["target"], {})[row["state"]] = int(row["n"])
+    done = int(installs["installs"] or 0) if installs else 0
     return {
         "jobs_by_status": by_status,
         "jobs_by_target": by_target,
         "queues": queues,
-        "installs": int(installs["installs"]) if installs else 0,
-        "batches": int(installs["batches"]) if installs else 0,
+        "retries": retries,
+        "flaky": flaky,
+        "installs": done,
+        "installs_avoided": max(0, int(installs["jobs"] or 0) - done) if installs else 0,
+        "batches": int(installs["batches"] or 0) if installs else 0,
+        "agents_by_state": agents_by_state,
     }
 
 

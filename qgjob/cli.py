@@ -442,12 +442,18 @@ def metrics(json_: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) 
         _emit_json(answer)
         return
     typer.echo("jobs: " + ", ".join(f"{s}={n}" for s, n in answer["jobs_by_status"].items()))
+    typer.echo(f"retries: {answer['retries']}; flaky jobs: {answer['flaky']}")
     typer.echo(
-        f"installs: {answer['installs']} over {answer['batches']} batches; projection lag: {answer['projection_lag']}"
+        f"installs: {answer['installs']} over {answer['batches']} batches; "
+        f"{answer['installs_avoided']} test runs needed no install of their own"
     )
+    typer.echo(f"projection lag: {answer['projection_lag']} events, {answer['projection_lag_s']:.1f} s")
+    for target, states in sorted(answer["agents_by_state"].items()):
+        typer.echo(f"agents {target}: " + ", ".join(f"{state}={n}" for state, n in sorted(states.items())))
     for q in answer["queues"]:
         typer.echo(
-            f"queue {q['app_version_id']}/{q['target']}: {q['depth']} waiting, best priority {q['best_priority']}"
+            f"queue {q['app_version_id']}/{q['target']}: {q['depth']} waiting, best priority {q['best_priority']}, "
+            f"oldest {q['oldest_age_s']:.0f} s"
         )
 
 
@@ -490,6 +496,14 @@ def _configure_logging(level: str, fmt: str) -> None:
 
 
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option(
+        "--metrics-port",
+        help="Serve this process's Prometheus metrics at http://HOST:PORT/metrics (0: off; the API has /metrics).",
+    ),
+]
+MetricsHostOpt = Annotated[str, typer.Option("--metrics-host", help="Address for --metrics-port.")]
 LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json.")]
 
 
@@ -563,10 +577,12 @@ def serve(
     data_dir: DataDirOpt = None,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
+    metrics_port: MetricsPortOpt = 0,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
 ) -> None:
     """Run one service in this process (production deployments)."""
     _needs_server("serve")
-    from qgjob.services import ApiService, ProjectorService, SchedulerRunner, run_until_signalled
+    from qgjob.services import ApiService, ProjectorService, SchedulerRunner, run_until_signalled, serve_metrics
     from qgjob.services import run as run_services
     from scheduler import policy
 
@@ -603,6 +619,7 @@ def serve(
         )
         return
     try:
+        serve_metrics(metrics_port, metrics_host)
         run_services(run_until_signalled([services[service]()]))
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
@@ -640,6 +657,8 @@ def agent(
     lease_seconds: LeaseOpt = 15.0,
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "text",
+    metrics_port: MetricsPortOpt = 0,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
 ) -> None:
     """Run an agent that takes batches for one target; SIGTERM drains it."""
     _needs_server("agent")
@@ -647,7 +666,7 @@ def agent(
     import socket
 
     from agents.factory import RunnerOptions, make_runner, parse_projects
-    from qgjob.services import AgentRunner, run_until_signalled
+    from qgjob.services import AgentRunner, run_until_signalled, serve_metrics
     from qgjob.services import run as run_services
 
     _configure_logging(log_level, log_format)
@@ -676,9 +695,12 @@ def agent(
     agent_id = name or f"{target}-{socket.gethostname()}-{os.getpid()}"
     try:
         agent_runner = AgentRunner(s, agent_id=agent_id, target=target, runner=sim, slots=slots, lease_s=lease_seconds)
+        serve_metrics(metrics_port, metrics_host)
         run_services(run_until_signalled([agent_runner]))
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
+    except OSError as exc:
+        _fail(f"cannot start the agent: {exc}", EXIT_UNAVAILABLE)
 
 
 @app.command()

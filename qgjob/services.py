@@ -18,6 +18,7 @@ import uvicorn
 from agents.agent import Agent
 from agents.runners import Runner
 from eventstore import EventStore
+from eventstore import metrics as store_metrics
 from projections.projector import Projector
 from projections.schema import connect_pool, migrate
 from qgjob.api.app import create_app
@@ -28,6 +29,16 @@ from scheduler.service import SchedulerService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+store_metrics.install()  # every service records its appends' latency
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose this process's metrics at http://host:port/metrics (port 0: not at all)."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host)
+        log.info("metrics at http://%s:%s/metrics", host, port)
 
 
 class Service(Protocol):

@@ -19,6 +19,7 @@ from eventstore.events import (
 from eventstore.ids import new_id
 from scheduler import policy
 from scheduler.leader import Leadership
+from scheduler.metrics import Observer
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 15.0
@@ -50,6 +51,7 @@ class SchedulerService:
         self.caught_up = asyncio.Event()
         self.last_seq = 0
         self._lock = asyncio.Lock()
+        self._observer = Observer()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -97,7 +99,10 @@ class SchedulerService:
         if end == 0:
             self.caught_up.set()
         async for batch in self.store.subscribe_batches(from_seq=1):
+            live = self.caught_up.is_set()
             for rec in batch:
+                if live:
+                    self._observer.observe(self.state, rec.event)
                 policy.apply(self.state, rec.seq, rec.event)
                 self.last_seq = rec.seq
                 agent_id = getattr(rec.event, "agent_id", None)

@@ -139,16 +139,10 @@ GROUP BY status;
 -- name: agents_list
 SELECT * FROM agents ORDER BY target, agent_id;
 
--- name: counts_by_status
-SELECT status, target, count(*) AS n FROM jobs WHERE ($1::text IS NULL OR org_id = $1) GROUP BY status, target;
-
 -- name: queue_depth
 SELECT app_version_id, target, count(*) AS depth, min(priority) AS best_priority, min(submitted_at) AS oldest
 FROM jobs WHERE status IN ('queued', 'retrying') AND ($1::text IS NULL OR org_id = $1)
 GROUP BY app_version_id, target ORDER BY best_priority, oldest;
-
--- name: installs_done
-SELECT count(*) FILTER (WHERE installed) AS installs, count(*) AS batches FROM batches;
 
 -- name: checkpoint_lock
 SELECT seq FROM checkpoints WHERE projection = $1 FOR UPDATE;
@@ -189,3 +183,15 @@ ORDER BY job_id;
 -- name: projection_notify
 -- Wakes /v1/stream listeners of this schema once the transaction commits.
 SELECT pg_notify('qgjob.' || current_schema(), $1::bigint::text);
+
+-- name: metrics_jobs
+SELECT target, status, count(*) AS n, sum(greatest(attempts - 1, 0)) AS retries,
+       count(*) FILTER (WHERE flaky) AS flaky
+FROM jobs WHERE ($1::text IS NULL OR org_id = $1) GROUP BY target, status;
+
+-- name: metrics_agents
+SELECT target, state, count(*) AS n FROM agents GROUP BY target, state;
+
+-- name: metrics_installs
+SELECT count(*) FILTER (WHERE installed) AS installs, coalesce(sum(job_count), 0) AS jobs, count(*) AS batches
+FROM batches;

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,6 +21,7 @@ from starlette.routing import Route
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import JobCancelled, JobFailed, JobPassed, is_terminal
 from eventstore.logs import LogStore
+from projections import metrics as projection_metrics
 from projections import queries as read
 from projections.projector import checkpoint
 from projections.schema import connect_pool, migrate, queries
@@ -473,8 +474,10 @@ class Api:
 
     async def metrics_json(self, request: Request) -> Response:
         who = await self.principal(request)
+        await self.caught_up()  # read-your-writes: count what this client just submitted
         body = await read.metrics(self.db, who.scope())
-        body["projection_lag"] = max(0, await self.es.last_seq() - await checkpoint(self.db))
+        body["projection_lag"], lag_s = await projection_metrics.lag(self.db, self.es)
+        body["projection_lag_s"] = round(lag_s, 3)
         return _Json(body)
 
     async def create_token(self, request: Request) -> Response:
@@ -523,18 +526,11 @@ class Api:
         return _Json({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
     async def prometheus(self, request: Request) -> Response:
-        registry = CollectorRegistry()
-        jobs = Gauge("qgjob_jobs", "Jobs by status and target", ["status", "target"], registry=registry)
-        depth = Gauge("qgjob_queue_depth", "Waiting jobs per group", ["app_version_id", "target"], registry=registry)
-        lag = Gauge("qgjob_projection_lag_events", "Events appended but not yet projected", registry=registry)
-        data = await read.metrics(self.db, None)
-        for target, counts in data["jobs_by_target"].items():
-            for status in read.STATUSES:
-                jobs.labels(status=status, target=target).set(counts.get(status, 0))
-        for q in data["queues"]:
-            depth.labels(app_version_id=q["app_version_id"], target=q["target"]).set(q["depth"])
-        lag.set(max(0, await self.es.last_seq() - await checkpoint(self.db)))
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        """The queue as the projections see it, then this process's own metrics (the
+        services ``qgjob up`` runs here: scheduler, projector, agents)."""
+        data = await projection_metrics.snapshot(self.db, self.es)
+        body = projection_metrics.exposition(data) + generate_latest(REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, request: Request) -> Response:
         return _Json(document())
