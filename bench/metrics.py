@@ -1,8 +1,9 @@
 """Scrape benchmark: how long `GET /metrics` takes with 100,000 jobs in the projections.
 
-Loads the jobs through the API in 1,000-job requests (20 builds x 3 targets,
-plus a share of them run to an end by simulated agents so several statuses
-are counted), waits until the projector has them all, then times scrapes of
+Loads the jobs through the API in 1,000-job requests (20 builds x 3 targets),
+lets simulated agents take a share of them to an end for ``--run-seconds`` so
+several statuses are counted, stops them, waits until the projector has
+everything, then times scrapes of
 `/metrics` and `GET /v1/metrics` one after another, beside `GET /healthz`
 (the HTTP floor) measured in the same run.
 
@@ -43,10 +44,13 @@ async def main(args: argparse.Namespace) -> None:
         url = s.start_api(1)
         s.start("serve", "projector", "--log-level", "warning")
         s.start("serve", "scheduler", "--log-level", "warning")
-        for target in ("emulator", "device"):
-            s.start("agent", "--target", target, "--test-seconds", "0", "--install-seconds", "0",
-                    "--log-level", "warning")  # fmt: skip
+        quick = ("--test-seconds", "0", "--install-seconds", "0", "--log-level", "warning")
+        agents = [s.start("agent", "--target", target, *quick) for target in ("emulator", "device")]
         await bulk_posts(url, token, args.jobs // 1000, 0)
+        await asyncio.sleep(args.run_seconds)  # agents take some of the jobs to an end: several statuses to count
+        for agent in agents:
+            agent.terminate()
+            agent.wait(30)
         await wait_projected(url, token, args.jobs)
         health = await timed(url, token, "/healthz", args.scrapes)
         scrape = await timed(url, token, "/metrics", args.scrapes)
@@ -77,4 +81,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs in the projections (a multiple of 1,000)")
     parser.add_argument("--scrapes", type=int, default=50, help="timed requests of each kind")
+    parser.add_argument("--run-seconds", type=float, default=10.0, help="how long agents run jobs before the scrapes")
     asyncio.run(main(parser.parse_args()))

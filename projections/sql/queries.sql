@@ -140,9 +140,23 @@ GROUP BY status;
 SELECT * FROM agents ORDER BY target, agent_id;
 
 -- name: queue_depth
-SELECT app_version_id, target, count(*) AS depth, min(priority) AS best_priority, min(submitted_at) AS oldest
-FROM jobs WHERE status IN ('queued', 'retrying') AND ($1::text IS NULL OR org_id = $1)
-GROUP BY app_version_id, target ORDER BY best_priority, oldest;
+-- Waiting jobs per group from the counts; best priority and oldest job by one
+-- probe each into the partial indexes of waiting jobs.
+SELECT g.app_version_id, g.target, g.depth,
+    (SELECT j.priority FROM jobs j
+     WHERE j.app_version_id = g.app_version_id AND j.target = g.target
+       AND j.status IN ('queued', 'retrying') AND ($1::text IS NULL OR j.org_id = $1)
+     ORDER BY j.priority LIMIT 1) AS best_priority,
+    (SELECT j.submitted_at FROM jobs j
+     WHERE j.app_version_id = g.app_version_id AND j.target = g.target
+       AND j.status IN ('queued', 'retrying') AND ($1::text IS NULL OR j.org_id = $1)
+     ORDER BY j.submitted_at LIMIT 1) AS oldest
+FROM (
+    SELECT app_version_id, target, sum(n) AS depth FROM job_counts
+    WHERE status IN ('queued', 'retrying') AND ($1::text IS NULL OR org_id = $1)
+    GROUP BY app_version_id, target HAVING sum(n) > 0
+) g
+ORDER BY best_priority, oldest;
 
 -- name: checkpoint_lock
 SELECT seq FROM checkpoints WHERE projection = $1 FOR UPDATE;
@@ -185,9 +199,10 @@ ORDER BY job_id;
 SELECT pg_notify('qgjob.' || current_schema(), $1::bigint::text);
 
 -- name: metrics_jobs
-SELECT target, status, count(*) AS n, sum(greatest(attempts - 1, 0)) AS retries,
-       count(*) FILTER (WHERE flaky) AS flaky
-FROM jobs WHERE ($1::text IS NULL OR org_id = $1) GROUP BY target, status;
+-- From the trigger-kept counts: one row per group and status, not per job.
+SELECT target, status, sum(n) AS n, sum(retries) AS retries, sum(flaky) AS flaky
+FROM job_counts WHERE ($1::text IS NULL OR org_id = $1)
+GROUP BY target, status HAVING sum(n) > 0;
 
 -- name: metrics_agents
 SELECT target, state, count(*) AS n FROM agents GROUP BY target, state;
