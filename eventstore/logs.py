@@ -31,7 +31,7 @@ class LogStore:
                 self._bucket = await self.store.js.object_store(self.name)
             except nats.js.errors.BucketNotFoundError:
                 self._bucket = await self.store.js.create_object_store(
-                    self.name, config=ObjectStoreConfig(description="qgjob test logs")
+                    self.name, config=ObjectStoreConfig(description="qgjob test logs", replicas=self.store.replicas)
                 )
         return self._bucket
 

@@ -91,6 +91,9 @@ def _raise_for(error: dict[str, Any], subject: str | None) -> None:
     raise AppendRejected(f"JetStream rejected the append: {text}", code=code)
 
 
+RETRY_FOR_S = 15.0  # how long a single append is retried while no server answers
+
+
 class EventStore:
     """The event store over one JetStream stream."""
 
@@ -98,11 +101,12 @@ class EventStore:
     # the services set it to feed their metrics (the store itself keeps none).
     on_append: Callable[[str, float], None] | None = None
 
-    def __init__(self, nc: NATS, *, stream: str = "QGJOB", prefix: str = "qgjob") -> None:
+    def __init__(self, nc: NATS, *, stream: str = "QGJOB", prefix: str = "qgjob", replicas: int = 1) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.stream = stream
         self.subjects = Subjects(prefix)
+        self.replicas = replicas  # of the stream and of the buckets beside it (leader lease, logs)
 
     @classmethod
     async def connect(
@@ -113,11 +117,13 @@ class EventStore:
         prefix: str = "qgjob",
         name: str = "qgjob",
         connect_timeout: float = 5.0,
+        replicas: int = 1,
         **options: Any,
     ) -> EventStore:
+        """Connect to NATS; ``url`` may list several servers of a cluster, comma-separated."""
         try:
             nc = await nats.connect(
-                url,
+                [u.strip() for u in url.split(",") if u.strip()],
                 name=name,
                 connect_timeout=connect_timeout,
                 max_reconnect_attempts=-1,
@@ -127,7 +133,7 @@ class EventStore:
             )
         except (OSError, nats.errors.Error) as exc:
             raise EventStoreUnavailable(f"cannot reach NATS at {url}: {exc}") from exc
-        return cls(nc, stream=stream, prefix=prefix)
+        return cls(nc, stream=stream, prefix=prefix, replicas=replicas)
 
     async def close(self) -> None:
         """Close the connection; every append was already acknowledged."""
@@ -151,13 +157,13 @@ class EventStore:
             allow_msg_schedules=True,
         )
 
-    async def ensure_stream(self, *, replicas: int = 1, max_age: float | None = None) -> StreamInfo:
+    async def ensure_stream(self, *, replicas: int | None = None, max_age: float | None = None) -> StreamInfo:
         """Create the stream, or bring an existing one to this configuration.
 
         Idempotent. Settings JetStream cannot change in place (storage,
         retention) are refused with :class:`StreamConfigConflict`.
         """
-        wanted = self.stream_config(replicas=replicas, max_age=max_age)
+        wanted = self.stream_config(replicas=replicas or self.replicas, max_age=max_age)
         try:
             info = await self.js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
@@ -216,16 +222,38 @@ class EventStore:
             _raise_for(ack.error, subject)
         return ack
 
-    async def append(self, subject: str, event: Event, *, expected: int | None = None, timeout: float = 5.0) -> int:
+    async def append(
+        self,
+        subject: str,
+        event: Event,
+        *,
+        expected: int | None = None,
+        timeout: float = 5.0,
+        retry_for: float = RETRY_FOR_S,
+    ) -> int:
         """Append one event; returns its stream sequence.
 
         With ``expected``, the append succeeds only if ``subject``'s last
         sequence is ``expected`` (0: the subject is empty), else
-        :class:`ConcurrencyConflict`.
+        :class:`ConcurrencyConflict`. While no server answers (a cluster
+        electing a stream leader after a node died) the append is retried for
+        up to ``retry_for`` seconds: the event's id makes a retry of an append
+        that did land a duplicate JetStream drops, so nothing is stored twice.
         """
         started = time.perf_counter()
+        payload, headers = encode_event(event), self._headers(event, expected)
+        delay = 0.1
         try:
-            ack = await self._request(subject, encode_event(event), self._headers(event, expected), timeout)
+            while True:
+                try:
+                    ack = await self._request(subject, payload, headers, timeout)
+                    break
+                except EventStoreUnavailable:
+                    if time.perf_counter() + delay - started > retry_for:
+                        raise
+                    log.info("no JetStream answer for %s; retrying in %.1f s", subject, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
             if EventStore.on_append is not None:
                 EventStore.on_append("single", time.perf_counter() - started)
         except ConcurrencyConflict:
@@ -343,6 +371,14 @@ class EventStore:
         finally:
             await sub.unsubscribe()
 
+    async def _ordered(self, subject: str, **options: Any) -> Any:
+        """An ordered consumer; a server that does not answer (a cluster electing a
+        leader, say) is :class:`EventStoreUnavailable`, to retry."""
+        try:
+            return await self.js.subscribe(subject, **options)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            raise EventStoreUnavailable(f"cannot read the stream {self.stream} now: {exc!r}") from exc
+
     def _filters(self, filter_subject: str | Sequence[str] | None) -> tuple[str, list[str] | None]:
         """The subject and ``filter_subjects`` of a consumer over one filter or several."""
         if filter_subject is None or isinstance(filter_subject, str):
@@ -374,7 +410,7 @@ class EventStore:
         end = int(info.state.last_seq) if until_seq is None else min(until_seq, int(info.state.last_seq))
         if end < from_seq:
             return
-        sub = await self.js.subscribe(
+        sub = await self._ordered(
             subject,
             ordered_consumer=True,
             stream=self.stream,
@@ -421,7 +457,7 @@ class EventStore:
             await queue.put(msg)
 
         subject, filters = self._filters(filter_subject)
-        sub = await self.js.subscribe(
+        sub = await self._ordered(
             subject,
             ordered_consumer=True,
             stream=self.stream,

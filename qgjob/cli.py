@@ -473,6 +473,43 @@ def token_create(
         typer.echo("It is shown once; store it as QGJOB_TOKEN in your CI secrets.")
 
 
+@token_app.command("admin")
+def token_admin(
+    json_: JsonOpt = False,
+    nats_url: NatsUrlOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create an admin token straight in the event store, to start a deployment (needs NATS, not the API)."""
+    _needs_server("token")
+    import asyncio
+
+    from eventstore import EventStore
+    from qgjob.api.auth import create_token
+
+    s = settings_mod.load(nats_url=nats_url, data_dir_=data_dir)
+
+    async def make() -> str:
+        store = await EventStore.connect(
+            s.nats_url, stream=s.stream, prefix=s.prefix, name="qgjob-token", replicas=s.stream_replicas
+        )
+        try:
+            await store.ensure_stream()
+            token, _ = await create_token(store, org_id=None, admin=True)
+            return token
+        finally:
+            await store.close()
+
+    try:
+        admin = asyncio.run(make())
+    except QgjobError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    if json_:
+        _emit_json({"token": admin, "admin": True})
+    else:
+        typer.echo(f"Admin token: {admin}")
+        typer.echo("It is shown once; create org tokens with it: qgjob token create --org-id ORG")
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -771,7 +808,11 @@ def simulate(
 
 def main() -> None:
     logging.captureWarnings(True)
-    app()
+    try:
+        app(standalone_mode=True)
+    except settings_mod.SettingError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ class Service(Protocol):
 
 
 async def open_store(settings: Settings, name: str) -> EventStore:
-    store = await EventStore.connect(settings.nats_url, stream=settings.stream, prefix=settings.prefix, name=name)
+    store = await EventStore.connect(
+        settings.nats_url, stream=settings.stream, prefix=settings.prefix, name=name, replicas=settings.stream_replicas
+    )
     await store.ensure_stream()
     return store
 

@@ -56,6 +56,10 @@ def write_credentials(folder: Path, creds: Credentials) -> Path:
     return path
 
 
+class SettingError(ValueError):
+    """A setting from the environment is not valid."""
+
+
 @dataclass(frozen=True)
 class Settings:
     url: str = "http://127.0.0.1:8765"
@@ -69,6 +73,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     org_queue_quota: int = 100_000
     atomic_batch_max: int = 20_000
+    stream_replicas: int = 1  # QGJOB_STREAM_REPLICAS: 3 on a three-node NATS cluster
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     def with_(self, **changes: Any) -> Settings:
@@ -105,4 +110,9 @@ def load(
             values[name] = env[env_name]
         elif creds is not None:
             values[name] = getattr(creds, name)
+    replicas = env.get("QGJOB_STREAM_REPLICAS")
+    if replicas:
+        if not replicas.isdigit() or not 1 <= int(replicas) <= 5:
+            raise SettingError(f"QGJOB_STREAM_REPLICAS: {replicas!r} is not allowed; allowed: an integer from 1 to 5")
+        values["stream_replicas"] = int(replicas)
     return Settings(**values, sources=sources)

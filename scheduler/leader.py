@@ -45,7 +45,9 @@ class Leadership:
             try:
                 self._kv = await self.store.js.key_value(self.bucket)
             except nats.js.errors.BucketNotFoundError:
-                self._kv = await self.store.js.create_key_value(KeyValueConfig(bucket=self.bucket, ttl=self.ttl_s))
+                self._kv = await self.store.js.create_key_value(
+                    KeyValueConfig(bucket=self.bucket, ttl=self.ttl_s, replicas=self.store.replicas)
+                )
         return self._kv
 
     async def current(self) -> str | None:

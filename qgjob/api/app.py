@@ -7,16 +7,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
+import nats.errors
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import JobCancelled, JobFailed, JobPassed, is_terminal
@@ -69,7 +72,9 @@ class Api:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         s = self.settings
-        self.store = await EventStore.connect(s.nats_url, stream=s.stream, prefix=s.prefix, name="qgjob-api")
+        self.store = await EventStore.connect(
+            s.nats_url, stream=s.stream, prefix=s.prefix, name="qgjob-api", replicas=s.stream_replicas
+        )
         await self.store.ensure_stream()
         self.pool = await connect_pool(s.database_url, s.schema, max_size=20)
         async with self.pool.acquire() as conn:
@@ -580,8 +585,19 @@ def _guard(handler: Handler) -> Handler:
         except QgjobError as exc:
             log.warning("request failed: %s", exc)
             return Unavailable(str(exc)).response()
+        except nats.errors.Error as exc:  # a NATS server that did not answer (a cluster electing a leader, say)
+            log.warning("request failed, NATS did not answer: %r", exc)
+            return Unavailable(f"the event store did not answer ({exc!r}); retry").response()
 
     return wrapped
+
+
+STATIC = Path(__file__).parent / "static"
+
+
+async def dashboard(request: Request) -> Response:
+    """The live dashboard: one page, no build step; it asks for a token itself."""
+    return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -605,6 +621,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", _guard(api.readyz), methods=["GET"]),
         Route("/metrics", _guard(api.prometheus), methods=["GET"]),
         Route("/openapi.json", _guard(api.openapi), methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=api.lifespan)
     app.state.api = api
