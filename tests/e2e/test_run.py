@@ -360,3 +360,40 @@ def test_cut_stream_resumes_with_last_event_id(stack: Stack) -> None:
     assert "last-event-id" not in proxy.stream_requests[0]
     resumed = [h["last-event-id"] for h in proxy.stream_requests[1:] if "last-event-id" in h]
     assert resumed and all(v.isdigit() for v in resumed), proxy.stream_requests
+
+
+def test_on_a_terminal_a_live_progress_bar_replaces_the_lines(stack: Stack) -> None:
+    """Under a pseudo-terminal `qgjob run` draws rich's bar with the counts, not one line per change."""
+    import os
+    import pty
+
+    root = stack.workdir
+    specs(root, "tty", "a.spec.js", "b_fail.spec.js", "c.spec.js")
+    app = app_version("tty")
+    main, follower = pty.openpty()
+    env = stack.env(COLUMNS="160", LINES="40", TERM="xterm-256color")
+    proc = subprocess.Popen(
+        [str(QGJOB), *run_args(app, "tty/*.spec.js", "--retries", "0", "--timeout", "90")],
+        cwd=root, env=env, stdin=follower, stdout=follower, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # the terminal closed: the command ended
+            break
+        if not data:
+            break
+        chunks.append(data)
+    code = proc.wait(60)
+    os.close(main)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert code == 1, screen  # one spec failed
+    assert "\x1b[" in screen  # drawn with terminal control sequences
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+    assert re.search(r"queued 0\s+running 0\s+passed 2\s+failed 1\s+flaky 0", text), text  # the bar's counts
+    assert "3/3" in text  # the bar's done / total
+    assert "-> failed | tty/b_fail.spec.js" in text  # a failure is printed above the bar as it happens
+    assert "-> passed | tty/a.spec.js" not in text  # passes only move the bar
+    assert "┃ test" in text  # the closing table, drawn by rich
