@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -197,7 +198,16 @@ class Agent:
             batch.target,
             extra=ids,
         )
-        watcher = asyncio.create_task(self._watch_cancels(batch, seq))
+        # The watcher reads from the batch's own sequence, so starting it once
+        # the first job is under way misses no cancel and keeps its consumer's
+        # set-up off the dispatch path.
+        watcher: asyncio.Task[None] | None = None
+
+        def start_watcher() -> None:
+            nonlocal watcher
+            if watcher is None:
+                watcher = asyncio.create_task(self._watch_cancels(batch, seq))
+
         try:
             if batch.install or self.installed != batch.app_version_id:
                 started = time.monotonic()
@@ -221,11 +231,12 @@ class Agent:
                     break
                 # The assignment was one atomic batch: BatchAssigned, then each
                 # JobAssigned in order, at consecutive sequences.
-                await self._run_job(batch, job, assigned_seq=seq + 1 + n)
+                await self._run_job(batch, job, assigned_seq=seq + 1 + n, on_start=start_watcher)
         except QgjobError as exc:
             log.error("batch %s aborted: %s", batch.batch_id, exc, extra=ids)
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             try:
                 await self.store.append(
                     self.store.subjects.batch(batch.app_version_id, batch.target, batch.batch_id),
@@ -257,12 +268,21 @@ class Agent:
             await self._rejected(batch, job, "JobStarted", str(exc))
             return None
 
-    async def _run_job(self, batch: BatchAssigned, job: BatchJob, *, assigned_seq: int | None = None) -> None:
+    async def _run_job(
+        self,
+        batch: BatchAssigned,
+        job: BatchJob,
+        *,
+        assigned_seq: int | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
         subject = self._job_subject(batch, job)
         ids = {"job_id": job.job_id, "batch_id": batch.batch_id, "agent_id": self.agent_id}
         seq = await self._start(batch, job, assigned_seq)
         if seq is None:
             return
+        if on_start is not None:
+            on_start()
         log.info("job %s started: %s, attempt %d", job.job_id, job.test, job.attempt, extra=ids)
         running = asyncio.create_task(
             self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt, timeout_s=job.timeout_s)
