@@ -3,6 +3,7 @@ processes, a table printer and a JSON writer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -30,12 +31,16 @@ class Servers:
     nats_url: str
     database_url: str
     folder: Path
+    replicas: int = 1  # of the stream, the leader lease and the log store
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QGJOB_")}
         env.update(
-            QGJOB_NATS_URL=self.nats_url, QGJOB_DATABASE_URL=self.database_url, QGJOB_DATA_DIR=str(self.folder / "none")
+            QGJOB_NATS_URL=self.nats_url,
+            QGJOB_DATABASE_URL=self.database_url,
+            QGJOB_DATA_DIR=str(self.folder / "none"),
+            QGJOB_STREAM_REPLICAS=str(self.replicas),
         )
         env.update(extra)
         return env
@@ -49,12 +54,20 @@ class Servers:
 
     async def admin_token(self) -> str:
         """Set up the stream and record an admin token, as `qgjob up` does."""
-        from eventstore import EventStore
+        from eventstore import EventStore, QgjobError
         from qgjob.api.auth import create_token
 
-        store = await EventStore.connect(self.nats_url)
+        store = await EventStore.connect(self.nats_url, replicas=self.replicas)
         try:
-            await store.ensure_stream()
+            deadline = time.monotonic() + 30
+            while True:  # a fresh cluster answers once it has elected its JetStream leader
+                try:
+                    await store.ensure_stream()
+                    break
+                except QgjobError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
             token, _ = await create_token(store, org_id=None, admin=True)
         finally:
             await store.close()
@@ -75,13 +88,25 @@ class Servers:
 
 
 @contextmanager
-def servers(durable: bool = True) -> Iterator[Servers]:
+def servers(durable: bool = True, nats_nodes: int = 1) -> Iterator[Servers]:
+    """Postgres and NATS in a temp folder. With ``nats_nodes=3``, a JetStream
+    cluster of three local servers (the compose topology) and services that
+    keep the stream at 3 replicas."""
     folder = Path(tempfile.mkdtemp(prefix="qgjob-bench-"))
-    nats = NatsServer(folder / "nats")
-    (folder / "nats").mkdir()
+    if nats_nodes == 1:
+        nodes = [NatsServer(folder / "nats")]
+    else:
+        ports = [free_port() for _ in range(nats_nodes)]
+        routes = [f"nats://127.0.0.1:{p}" for p in ports]
+        nodes = [
+            NatsServer(folder / f"nats{i}", cluster_name="bench", cluster_port=p, routes=routes, server_name=f"n{i}")
+            for i, p in enumerate(ports)
+        ]
+    for node in nodes:
+        node.data_dir.mkdir()
     (folder / "pg").mkdir()
     pg = PostgresServer(folder / "pg", durable=durable)
-    s = Servers(nats.start(), pg.start(), folder)
+    s = Servers(",".join(node.start(timeout=30) for node in nodes), pg.start(), folder, replicas=min(nats_nodes, 3))
     try:
         yield s
     finally:
@@ -93,7 +118,8 @@ def servers(durable: bool = True) -> Iterator[Servers]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         pg.stop()
-        nats.stop()
+        for node in nodes:
+            node.stop()
 
 
 def percentile(values: list[float], p: float) -> float:
