@@ -75,7 +75,8 @@ def _rows(reports: dict[str, Report], aims: dict[str, str], elapsed: float) -> l
                         f"{getattr(f.latency[priority], key):,.0f} s",
                         f"{getattr(p.latency[priority], key):,.0f} s",
                         aims.get(f"p50 {priority}") if pct == "p50" else None,
-                    ),
+                    )
+                    + (f"; no schedule beats {q.latency_floor_s[priority]:,.0f} s" if pct == "p50" else ""),
                 )
             )
     for pct in ("p50", "p95", "mean"):

@@ -34,6 +34,7 @@ def as_json(reports: list[Report]) -> dict[str, object]:
         "jobs": first.jobs,
         "lower_bound_s": round(first.lower_bound_s, 1),
         "arrival_bound_s": round(first.arrival_bound_s, 1),
+        "latency_p50_floor_s": {str(p): round(v, 1) for p, v in sorted(first.latency_floor_s.items())},
         "results": {r.policy: r.as_dict() for r in reports},
     }
 
@@ -69,6 +70,8 @@ def table(reports: list[Report]) -> str:
     lines = [
         f"{first.workload}: {first.jobs:,} jobs; lower bound {first.lower_bound_s:,.0f} s "
         f"(with submit times: {first.arrival_bound_s:,.0f} s = {first.arrival_bound_s / first.lower_bound_s:.3f} x)",
+        "no schedule's p50 run latency beats: "
+        + ", ".join(f"{v:,.0f} s for priority {p}" for p, v in sorted(first.latency_floor_s.items())),
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
     ]
     for row in body:

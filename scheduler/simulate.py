@@ -144,6 +144,7 @@ class Report:
     makespan_s: float
     lower_bound_s: float
     arrival_bound_s: float  # also respects submit times: no schedule beats it
+    latency_floor_s: dict[int, float]  # by priority: no schedule's p50 run latency is lower
     latency: dict[int, Latency]  # by priority
     all_runs: Latency
     org_slowdown: dict[str, float]  # mean slowdown of each org's runs
@@ -169,6 +170,7 @@ class Report:
             "lower_bound_s": round(self.lower_bound_s, 1),
             "makespan_over_lower_bound": round(self.makespan_ratio, 3),
             "arrival_bound_s": round(self.arrival_bound_s, 1),
+            "latency_p50_floor_s": {str(p): round(v, 1) for p, v in sorted(self.latency_floor_s.items())},
             "latency": {str(p): v.as_dict() for p, v in sorted(self.latency.items())},
             "latency_all_runs": self.all_runs.as_dict(),
             "org_slowdown": {org: round(v, 3) for org, v in sorted(self.org_slowdown.items())},
@@ -223,6 +225,49 @@ def arrival_bound(workload: Workload) -> float:
                 job.at - start + (work + len(groups) * install) / capacity[target],
             )
     return best
+
+
+def run_bounds(workload: Workload) -> dict[str, float]:
+    """The least latency each run could have: no schedule finishes a run
+    sooner, whatever else is on the farm.
+
+    A run needs its longest job and its work spread over every agent of its
+    target, each paying one install if its build is new (no earlier run
+    brought it to that target); and no job ends before its submission plus
+    its duration (plus that install).
+    """
+    capacity = _capacity(workload)
+    runs: dict[str, list[WorkloadJob]] = defaultdict(list)
+    for job in workload.jobs:
+        runs[job.run_id].append(job)
+    first_seen: dict[tuple[str, str], float] = {}
+    for job in workload.jobs:
+        key = (job.app_version_id, job.target)
+        first_seen[key] = min(first_seen.get(key, job.at), job.at)
+    bounds: dict[str, float] = {}
+    for run_id, members in runs.items():
+        start = min(j.at for j in members)
+        target = members[0].target
+        fresh = all(first_seen[(j.app_version_id, j.target)] >= start for j in members)
+        install = workload.install_seconds[target] if fresh else 0.0
+        work = sum(j.duration for j in members)
+        spread = install + max(max(j.duration for j in members), work / capacity[target])
+        arrival = max(j.at - start + j.duration for j in members) + install
+        bounds[run_id] = max(spread, arrival)
+    return bounds
+
+
+def latency_floor(workload: Workload) -> dict[int, float]:
+    """Per priority, the p50 of :func:`run_bounds`: no schedule's p50 run
+    latency is below it (each run's latency is at least its bound, so the
+    sorted latencies are at least the sorted bounds)."""
+    by_priority: dict[int, list[float]] = defaultdict(list)
+    priority: dict[str, int] = {}
+    for job in workload.jobs:
+        priority[job.run_id] = min(priority.get(job.run_id, job.priority), job.priority)
+    for run_id, bound in run_bounds(workload).items():
+        by_priority[priority[run_id]].append(bound)
+    return {p: percentile(v, 50) for p, v in sorted(by_priority.items())}
 
 
 def _capacity(workload: Workload) -> Counter[str]:
@@ -287,6 +332,7 @@ def _report(workload: Workload, policy_name: str, world: World) -> Report:
         makespan_s=makespan,
         lower_bound_s=lower_bound(workload),
         arrival_bound_s=arrival_bound(workload),
+        latency_floor_s=latency_floor(workload),
         latency={p: Latency.of(v) for p, v in sorted(by_priority.items())},
         all_runs=Latency.of([x for v in by_priority.values() for x in v]),
         org_slowdown=org_slowdown,
