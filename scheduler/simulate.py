@@ -233,8 +233,8 @@ def run_bounds(workload: Workload) -> dict[str, float]:
 
     A run needs its longest job and its work spread over every agent of its
     target, each paying one install if its build is new (no earlier run
-    brought it to that target); and no job ends before its submission plus
-    its duration (plus that install).
+    brought it to that target); and no job starts before its submission nor
+    before that install could have ended.
     """
     capacity = _capacity(workload)
     runs: dict[str, list[WorkloadJob]] = defaultdict(list)
@@ -252,7 +252,7 @@ def run_bounds(workload: Workload) -> dict[str, float]:
         install = workload.install_seconds[target] if fresh else 0.0
         work = sum(j.duration for j in members)
         spread = install + max(max(j.duration for j in members), work / capacity[target])
-        arrival = max(j.at - start + j.duration for j in members) + install
+        arrival = max(max(j.at - start, install) + j.duration for j in members)
         bounds[run_id] = max(spread, arrival)
     return bounds
 
