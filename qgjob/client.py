@@ -116,23 +116,11 @@ class Client:
                 connected = True
                 if response.status_code != 200:
                     response.read()
-                    try:
-                        body = msgspec.json.decode(response.content)
-                    except msgspec.DecodeError:
-                        body = {"message": response.text[:200]}
-                    raise ClientError(
-                        body.get("message") or f"HTTP {response.status_code}", status=response.status_code, body=body
-                    )
-                kind, data = "message", []
-                for line in response.iter_lines():
-                    if line == "":
-                        if data:
-                            yield kind, msgspec.json.decode("\n".join(data))
-                        kind, data = "message", []
-                    elif line.startswith("event:"):
-                        kind = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data.append(line[5:].removeprefix(" "))
+                    raise _error(response)
+                from qgjob.sse import Parser  # httpx is loaded by now
+
+                for event in Parser().parse(response.iter_lines()):
+                    yield event.event, event.json()
         except _httpx().TransportError as exc:
             what = "lost the connection to" if connected else "cannot reach"
             raise Unreachable(f"{what} the qgjob server at {self.url}: {exc}") from exc
@@ -144,13 +132,7 @@ class Client:
         except _httpx().TransportError as exc:
             raise Unreachable(f"cannot reach the qgjob server at {self.url}: {exc}") from exc
         if response.status_code != 200:
-            try:
-                body = msgspec.json.decode(response.content)
-            except msgspec.DecodeError:
-                body = {"message": response.text[:200]}
-            raise ClientError(
-                body.get("message") or f"HTTP {response.status_code}", status=response.status_code, body=body
-            )
+            raise _error(response)
         return response.content
 
     def agents(self) -> dict[str, Any]:
@@ -167,3 +149,14 @@ class Client:
             return self.http.get("/readyz").status_code == 200
         except _httpx().TransportError:
             return False
+
+
+def _error(response: Any) -> ClientError:
+    """The error an unsuccessful answer stands for, with the server's message."""
+    try:
+        body = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        body = {"message": response.text[:200]}
+    if not isinstance(body, dict):
+        body = {}
+    return ClientError(body.get("message") or f"HTTP {response.status_code}", status=response.status_code, body=body)

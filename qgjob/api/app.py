@@ -229,12 +229,7 @@ class Api:
     async def list_jobs(self, request: Request) -> Response:
         who = await self.principal(request)
         q = request.query_params
-        status = q.get("status")
-        if status is not None and status not in read.STATUSES:
-            raise ValidationFailed(
-                f"status: {status!r} is not a status; allowed: one of {', '.join(read.STATUSES)}",
-                detail=[{"field": "status", "message": f"allowed: {', '.join(read.STATUSES)}"}],
-            )
+        status = _status_filter(q.get("status"))
         limit_text = q.get("limit", "100")
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
             raise ValidationFailed(
@@ -391,12 +386,7 @@ class Api:
         if self.changes is None:
             raise Unavailable("the API is not listening for changes yet")
         q = request.query_params
-        status = q.get("status")
-        if status is not None and status not in read.STATUSES:
-            raise ValidationFailed(
-                f"status: {status!r} is not a status; allowed: one of {', '.join(read.STATUSES)}",
-                detail=[{"field": "status", "message": f"allowed: {', '.join(read.STATUSES)}"}],
-            )
+        status = _status_filter(q.get("status"))
         cursor = 0
         for field, text in (("since", q.get("since")), ("Last-Event-ID", request.headers.get("last-event-id"))):
             if text is None or text == "":
@@ -634,3 +624,13 @@ def app_from_environment() -> Starlette:
     from qgjob.settings import load
 
     return create_app(load())
+
+
+def _status_filter(status: str | None) -> str | None:
+    """A ``?status=`` filter: one of the job statuses, or none."""
+    if status is not None and status not in read.STATUSES:
+        raise ValidationFailed(
+            f"status: {status!r} is not a status; allowed: one of {', '.join(read.STATUSES)}",
+            detail=[{"field": "status", "message": f"allowed: {', '.join(read.STATUSES)}"}],
+        )
+    return status

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +282,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e-stack")
     sim = workdir / "simulate.json"
     sim.write_text(json.dumps(SIMULATE))
-    s = Stack(workdir, workdir / "data", agents=1, extra=("--simulate-file", str(sim)))
+    with started(Stack(workdir, workdir / "data", agents=1, extra=("--simulate-file", str(sim)))) as s:
+        yield s
+
+
+@contextmanager
+def started(s: Stack) -> Iterator[Stack]:
+    """Run ``qgjob up`` for the block; then stop it and check it stopped cleanly."""
     try:
         s.start()
         yield s

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from qgjob.stack.servers import free_port
-from tests.e2e.conftest import QGJOB, Stack, clean_env, describe, run_cli
+from tests.e2e.conftest import QGJOB, Stack, clean_env, describe, run_cli, started
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -46,14 +46,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sim = workdir / "simulate.json"
     sim.write_text(json.dumps(SIMULATE))
     extra = ("--simulate-file", str(sim), "--retry-backoff-seconds", "0.2")
-    s = Stack(workdir, workdir / "data", agents=1, extra=extra)
-    try:
-        s.start()
+    with started(Stack(workdir, workdir / "data", agents=1, extra=extra)) as s:
         yield s
-    finally:
-        code, killed = s.teardown()
-    assert not killed, f"`qgjob up` left servers running: {killed}\n{s.output}"
-    assert code in (None, 0), f"`qgjob up` exited {code}:\n{s.output}"
 
 
 def app_version(tag: str) -> str:

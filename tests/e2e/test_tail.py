@@ -22,7 +22,7 @@ import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventstore.events import EVENT_TYPES
-from tests.e2e.conftest import QGJOB, Stack, describe
+from tests.e2e.conftest import QGJOB, Stack, describe, started
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -34,14 +34,8 @@ SUBMITTED = re.compile(r"Job submitted! ID: (\S+)")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One stack with org tokens for acme and globex, one simulated agent per target."""
     workdir = tmp_path_factory.mktemp("e2e-tail")
-    s = Stack(workdir, workdir / "data", agents=1, extra=("--org-id", "acme", "--org-id", "globex"))
-    try:
-        s.start()
+    with started(Stack(workdir, workdir / "data", agents=1, extra=("--org-id", "acme", "--org-id", "globex"))) as s:
         yield s
-    finally:
-        code, killed = s.teardown()
-    assert not killed, f"`qgjob up` left servers running: {killed}\n{s.output}"
-    assert code in (None, 0), f"`qgjob up` exited {code}:\n{s.output}"
 
 
 def org_env(stack: Stack, org: str) -> dict[str, str]:
