@@ -33,6 +33,8 @@ class Servers:
     folder: Path
     replicas: int = 1  # of the stream, the leader lease and the log store
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    nodes: list[NatsServer] = field(default_factory=list)
+    stage_in_memory: bool = True  # as `qgjob up` does: NatsServer.stage_batches_in_memory
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QGJOB_")}
@@ -68,6 +70,9 @@ class Servers:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.5)
+            if self.stage_in_memory:
+                for node in self.nodes:
+                    node.stage_batches_in_memory(store.stream)
             token, _ = await create_token(store, org_id=None, admin=True)
         finally:
             await store.close()
@@ -88,7 +93,7 @@ class Servers:
 
 
 @contextmanager
-def servers(durable: bool = True, nats_nodes: int = 1) -> Iterator[Servers]:
+def servers(durable: bool = True, nats_nodes: int = 1, stage_in_memory: bool = True) -> Iterator[Servers]:
     """Postgres and NATS in a temp folder. With ``nats_nodes=3``, a JetStream
     cluster of three local servers (the compose topology) and services that
     keep the stream at 3 replicas."""
@@ -106,7 +111,14 @@ def servers(durable: bool = True, nats_nodes: int = 1) -> Iterator[Servers]:
         node.data_dir.mkdir()
     (folder / "pg").mkdir()
     pg = PostgresServer(folder / "pg", durable=durable)
-    s = Servers(",".join(node.start(timeout=30) for node in nodes), pg.start(), folder, replicas=min(nats_nodes, 3))
+    s = Servers(
+        ",".join(node.start(timeout=30) for node in nodes),
+        pg.start(),
+        folder,
+        replicas=min(nats_nodes, 3),
+        nodes=nodes,
+        stage_in_memory=stage_in_memory,
+    )
     try:
         yield s
     finally:

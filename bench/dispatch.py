@@ -13,7 +13,7 @@ Aims: dispatch p99 <= 10 ms; throughput >= 1,000 jobs/s.
 With ``--nats-nodes 3`` it runs on a three-node JetStream cluster with the
 stream at 3 replicas, the topology of ``docker-compose.yml``.
 
-Usage: python bench/dispatch.py [--jobs 2000] [--throughput-jobs 8000] [--nats-nodes 1|3]
+Usage: python bench/dispatch.py [--jobs 2000] [--throughput-jobs 8000] [--nats-nodes 1|3] [--batches-on-disk]
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ async def breakdown(url: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    with servers(nats_nodes=args.nats_nodes) as s:
+    with servers(nats_nodes=args.nats_nodes, stage_in_memory=not args.batches_on_disk) as s:
         token = await s.admin_token()
         url = s.start_api(1)
         s.start("serve", "projector", "--log-level", "warning")
@@ -191,6 +191,8 @@ async def main(args: argparse.Namespace) -> None:
     ]
     rows += [(f"CPU per job during the throughput run: {role}", f"{ms:.2f} ms", "") for role, ms in sorted(cpu.items())]
     topology = "one NATS server" if args.nats_nodes == 1 else f"{args.nats_nodes}-node NATS cluster, 3 replicas"
+    if args.nats_nodes == 1:
+        topology += ", atomic batches staged " + ("on disk" if args.batches_on_disk else "in memory")
     print(table(f"qgjob dispatch benchmark ({topology})", rows))
     path = write_json(
         "dispatch" if args.nats_nodes == 1 else "dispatch-cluster",
@@ -212,5 +214,8 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=2000, help="jobs submitted one at a time for the latency")
     parser.add_argument("--throughput-jobs", type=int, default=8000, help="jobs for the throughput run")
     parser.add_argument("--nats-nodes", type=int, choices=(1, 3), default=1, help="one NATS server, or a cluster of 3")
+    parser.add_argument(
+        "--batches-on-disk", action="store_true", help="stage atomic batches on disk (the server's default)"
+    )
     parser.add_argument("--breakdown", action="store_true", help="also print where the dispatch time goes")
     asyncio.run(main(parser.parse_args()))

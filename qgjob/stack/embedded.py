@@ -144,6 +144,8 @@ class EmbeddedStack:
         store = await EventStore.connect(nats_url, name="qgjob-up")
         try:
             await store.ensure_stream()
+            if self.nats is not None:
+                self.nats.stage_batches_in_memory(store.stream)
             pool = await connect_pool(dsn, "qgjob", max_size=1)
             try:
                 async with pool.acquire() as conn:

@@ -98,8 +98,21 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+MEMORY_DIR = Path("/dev/shm")  # tmpfs on Linux
+
+
 class NatsServer:
-    """A ``nats-server`` process with JetStream, configured through ``data_dir/nats.conf``."""
+    """A ``nats-server`` process with JetStream, configured through ``data_dir/nats.conf``.
+
+    Atomic batches of a one-replica file stream are staged by the server in a
+    file store of their own, created and deleted per batch under the stream's
+    folder (``streams/<name>/batches``); on ext4 that costs about 3 ms a batch,
+    against under 1 ms in memory. A replicated stream stages in memory.
+    :meth:`stage_batches_in_memory` points that staging folder at tmpfs, so the
+    embedded server stages in memory too. Only staging moves: a committed batch
+    is written to the stream's own files as before, and a batch that never
+    committed is discarded by the server on restart either way.
+    """
 
     def __init__(
         self,
@@ -168,6 +181,43 @@ class NatsServer:
                 "}",
             ]
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def _staging_root(self) -> Path:
+        return MEMORY_DIR / f"qgjob-batches-{hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:12]}"
+
+    def stage_batches_in_memory(self, stream: str) -> bool:
+        """Stage ``stream``'s atomic batches in memory; call once the stream
+        exists, after every start (the server removes the link on start).
+        True when the staging folder is in memory; False when it cannot be
+        (a cluster, no tmpfs, an unknown store layout, a batch in flight)."""
+        if self.cluster_name or not MEMORY_DIR.is_dir() or not os.access(MEMORY_DIR, os.W_OK):
+            return False
+        found = sorted((self.data_dir / "jetstream" / "jetstream").glob(f"*/streams/{stream}"))
+        if len(found) != 1 or not (found[0] / "meta.inf").is_file():
+            return False  # not this server's stream, or a layout this code does not know
+        link = found[0] / "batches"
+        target = self._staging_root / found[0].parent.parent.name / stream
+        target.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            if link.resolve() == target.resolve():
+                return True
+            link.unlink()
+        elif link.is_dir():
+            try:
+                link.rmdir()
+            except OSError:
+                logger.info("a batch of stream %s is being staged; it stays on disk this time", stream)
+                return False
+        tmp = link.with_name(f".batches-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target, target_is_directory=True)
+        try:
+            os.rename(tmp, link)  # atomic; fails if the server made the folder meanwhile
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return False
+        return True
 
     def _kill_stale(self) -> None:
         try:
@@ -245,6 +295,7 @@ class NatsServer:
             proc.kill()
             proc.wait()
         logger.info("stopped nats-server pid %d", proc.pid)
+        shutil.rmtree(self._staging_root, ignore_errors=True)
 
     def kill(self) -> None:
         proc, self._proc = self._proc, None

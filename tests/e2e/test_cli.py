@@ -315,6 +315,8 @@ def test_crash_then_restart_and_one_stack_per_folder(make_stack, tmp_path: Path)
 
     second = make_stack(data_dir=tmp_path / "data").start()
     assert second.wait_for_line("  Postgres:", 1) == postgres_line, "the orphaned Postgres was not reused"
+    staging = second.data_dir / "nats" / "jetstream" / "jetstream" / "$G" / "streams" / "QGJOB" / "batches"
+    assert staging.is_symlink(), "the restarted stack does not stage atomic batches in memory"
     assert "Traceback" not in second.output, second.output
     job = status_json(second, job_id)
     assert job["status"] == "passed"
