@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -197,7 +198,16 @@ class NatsServer:
         if len(found) != 1 or not (found[0] / "meta.inf").is_file():
             return False  # not this server's stream, or a layout this code does not know
         link = found[0] / "batches"
-        target = self._staging_root / found[0].parent.parent.name / stream
+        root = self._staging_root
+        try:
+            root.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        info = root.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            logger.warning("%s is not a private folder of this user; atomic batches stay on disk", root)
+            return False
+        target = root / found[0].parent.parent.name / stream
         target.mkdir(parents=True, exist_ok=True)
         if link.is_symlink():
             if link.resolve() == target.resolve():

@@ -4,6 +4,7 @@ disk across a SIGKILL, the link renewed after the server removes it on start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -76,5 +77,24 @@ def test_staging_needs_the_stream(tmp_path: Path) -> None:
     try:
         assert not server.stage_batches_in_memory("MISSING")
         assert not _link(server, "MISSING").exists()
+    finally:
+        server.stop()
+
+
+def test_staging_refuses_a_folder_it_does_not_own_alone(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats")
+    url = server.start()
+    try:
+        server._staging_root.mkdir(mode=0o777)
+        server._staging_root.chmod(0o777)  # as another local user could leave it, past the umask
+
+        async def make_stream() -> None:
+            store = await EventStore.connect(url, stream="OPEN", prefix="open")
+            await store.ensure_stream()
+            await store.close()
+
+        asyncio.run(make_stream())
+        assert not server.stage_batches_in_memory("OPEN")
+        assert not _link(server, "OPEN").is_symlink()
     finally:
         server.stop()
