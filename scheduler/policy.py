@@ -191,7 +191,7 @@ class Config:
     split_after_s: float = 4800.0  # a run finishing later than this gets another agent (less if urgent)
     split_slowdown: float = 4.0  # ... or one finishing later than this many times its time on the whole target
     spare_gain_installs: float = 4.0  # an idle agent joins a run if that saves this many install times
-    urgent_below: int = 5  # runs of a priority below this get every agent that shortens them
+    urgent_below: int = 5  # runs of a priority below this get every agent that shortens them enough
 
 
 @dataclass(slots=True)

@@ -13,19 +13,22 @@ assignments. Per target:
    forever. FIFO within a class and org.
 2. **Affinity.** An agent whose build still has waiting work keeps it. It
    leaves only for a group of a better priority that nobody runs, or an urgent
-   one (priority below ``urgent_below``) it would shorten; for a class that
-   has aged ``AGING_MARGIN`` levels past its own (bounded wait, without
-   flip-flopping as classes age); or for an org at its level or better that
-   holds none of the target's agents (fairness).
+   one (priority below ``urgent_below``) it would shorten enough (rule 4); for
+   a class that has aged ``AGING_MARGIN`` levels past its own (bounded wait,
+   without flip-flopping as classes age); or for an org at its level or better
+   that holds none of the target's agents (fairness).
 3. **Fairness.** Within a class, orgs holding fewer of the target's agents go
    first, then the org with the oldest job: one org's 10,000 jobs do not
    starve another org's 10.
 4. **Placing a free agent.** Class by class: start a group nobody runs, else
-   split a group that runs late, when the agent shortens it. Late: urgent, or
-   finishing more than ``split_after_s`` from now (scaled down for priorities
-   below the default), or more than ``split_slowdown`` times what it would take
-   on the whole target. With none of that anywhere, an idle agent joins the
-   run it shortens most if that saves ``spare_gain_installs`` install times.
+   split a group that runs late, when the agent shortens it. Late: urgent, if
+   the agent shortens it by ``URGENT_GAIN_INSTALLS`` install times (enough
+   to pay for its install and the one back to other work: small urgent runs
+   get a few agents, not all); or finishing more than ``split_after_s`` from
+   now (scaled down for priorities below the default), or more than
+   ``split_slowdown`` times what it would take on the whole target. With
+   none of that anywhere, an idle agent joins the run it shortens most if
+   that saves ``spare_gain_installs`` install times.
    Installs and durations are estimated (:mod:`scheduler.estimates`).
 5. **Batch size.** About ``batch_s`` seconds of estimated work, at most
    ``max_batch`` jobs and at most the agent's even share of what is left of
@@ -47,6 +50,7 @@ DEFAULT_PRIORITY = 5  # the job model's default; priorities below it are urgent
 AGING_MARGIN = 2  # levels a class must have aged past an agent's own class to take it away
 URGENT_AGING = 8  # aging into the urgent band (below the default priority) is this many times slower
 MIN_GAIN = 0.05  # a split must shorten the run's estimated finish by this fraction
+URGENT_GAIN_INSTALLS = 3.0  # an agent joins an urgent run only if it shortens it by this many install times
 
 
 def class_level(priority: int, waited_s: float, aging_s: float) -> int:
@@ -257,7 +261,9 @@ def _late(state: State, target: Target, c: Candidate, install_s: float) -> bool:
     if c.finish_s(install_s, 1) >= finish * (1 - MIN_GAIN):
         return False  # the agent would not shorten it
     if c.priority < config.urgent_below:
-        return True  # urgent: every agent that shortens it
+        # urgent: every agent that saves the run more than its own install
+        # and the one it pays when it goes back to other work
+        return finish - c.finish_s(install_s, 1) >= URGENT_GAIN_INSTALLS * install_s
     alone = install_s + max(max(c.estimates), (c.inflight_s + c.work_s) / max(target.slots, 1))
     urgency = min(1.0, (c.priority + 1) / (DEFAULT_PRIORITY + 1))
     return finish > config.split_after_s * urgency or finish + install_s > config.split_slowdown * alone

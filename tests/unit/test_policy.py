@@ -469,6 +469,20 @@ def test_two_slots_split_a_large_group() -> None:
     assert assigns[1].install is False  # same agent, same build
 
 
+def test_urgent_run_gets_the_agents_that_pay_for_their_install() -> None:
+    """An urgent run gets every agent that shortens it by enough install
+    times: a large one the whole target, a small one not an agent per job."""
+    for jobs, agents in ((40, 4), (4, 1)):
+        sim = Sim(spare_gain_installs=1000)  # no spare-capacity joins: only the urgent rule splits
+        for i in range(jobs):
+            sim.submit(f"job_{i}", "v1", priority=1)
+        for k in range(4):
+            sim.register(f"agt_{k}")
+        assigns = sim.assigns()
+        assert len(assigns) == agents, (jobs, [ids(a) for a in assigns])
+        assert sum(len(a.jobs) for a in assigns) <= jobs
+
+
 # --- no double assignment, reject -----------------------------------------------------
 
 
