@@ -8,16 +8,17 @@ dropped here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
 
 from agents import metrics
-from agents.runners import Runner
+from agents.runners import Outcome, Runner
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import (
     AgentLost,
@@ -34,6 +35,7 @@ from eventstore.events import (
     JobPassed,
     JobStarted,
     ResultRejected,
+    decode_event,
 )
 from eventstore.logs import LogStore
 
@@ -73,6 +75,7 @@ class Agent:
         self.rejected = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[Any]] = {}  # job id -> its test, while it runs
+        self._watching: dict[str, tuple[str, Any]] = {}  # job id -> its subject and cancel watch, while it runs
         self._cancelled: set[str] = set()
         self._stop = asyncio.Event()
         self._ids = {"agent_id": agent_id}
@@ -130,6 +133,8 @@ class Agent:
             if time.monotonic() - last_ok > self.lease_s and self._tasks:
                 log.error("no heartbeat got through for a whole lease: dropping held batches", extra=self._ids)
                 self._drop_batches()
+            if self._watching:
+                await self._check_cancels()
             await asyncio.sleep(self.heartbeat_s)
 
     async def _watch_self(self, start: int) -> None:
@@ -172,22 +177,6 @@ class Agent:
     def _job_subject(self, batch: BatchAssigned, job: BatchJob) -> str:
         return self.store.subjects.job(batch.app_version_id, batch.target, job.org_id, job.job_id)
 
-    async def _watch_cancels(self, batch: BatchAssigned, from_seq: int) -> None:
-        """Stop a running test of this batch as soon as its job is cancelled."""
-        wanted = {j.job_id for j in batch.jobs}
-        # Only this batch's jobs (server-side filters), not every job of the group.
-        subjects = [self._job_subject(batch, j) for j in batch.jobs]
-        async for rec in self.store.subscribe(subjects, from_seq=from_seq):
-            event = rec.event
-            if isinstance(event, JobCancelled) and event.job_id in wanted:
-                running = self._running.get(event.job_id)
-                if running is not None and not running.done():
-                    log.info(
-                        "job %s cancelled: stopping its test", event.job_id, extra={**self._ids, "job_id": event.job_id}
-                    )
-                    self._cancelled.add(event.job_id)
-                    running.cancel()
-
     async def _run_batch(self, batch: BatchAssigned, seq: int = 1) -> None:
         ids = {"batch_id": batch.batch_id, "agent_id": self.agent_id}
         log.info(
@@ -198,16 +187,6 @@ class Agent:
             batch.target,
             extra=ids,
         )
-        # The watcher reads from the batch's own sequence, so starting it once
-        # the first job is under way misses no cancel and keeps its consumer's
-        # set-up off the dispatch path.
-        watcher: asyncio.Task[None] | None = None
-
-        def start_watcher() -> None:
-            nonlocal watcher
-            if watcher is None:
-                watcher = asyncio.create_task(self._watch_cancels(batch, seq))
-
         try:
             if batch.install or self.installed != batch.app_version_id:
                 started = time.monotonic()
@@ -231,12 +210,10 @@ class Agent:
                     break
                 # The assignment was one atomic batch: BatchAssigned, then each
                 # JobAssigned in order, at consecutive sequences.
-                await self._run_job(batch, job, assigned_seq=seq + 1 + n, on_start=start_watcher)
+                await self._run_job(batch, job, assigned_seq=seq + 1 + n)
         except QgjobError as exc:
             log.error("batch %s aborted: %s", batch.batch_id, exc, extra=ids)
         finally:
-            if watcher is not None:
-                watcher.cancel()
             try:
                 await self.store.append(
                     self.store.subjects.batch(batch.app_version_id, batch.target, batch.batch_id),
@@ -268,36 +245,73 @@ class Agent:
             await self._rejected(batch, job, "JobStarted", str(exc))
             return None
 
-    async def _run_job(
-        self,
-        batch: BatchAssigned,
-        job: BatchJob,
-        *,
-        assigned_seq: int | None = None,
-        on_start: Callable[[], None] | None = None,
-    ) -> None:
+    def _stop_cancelled(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is not None and not running.done() and job_id not in self._cancelled:
+            log.info("job %s cancelled: stopping its test", job_id, extra={**self._ids, "job_id": job_id})
+            self._cancelled.add(job_id)
+            running.cancel()
+
+    async def _watch_cancel(self, job_id: str, subject: str) -> Any:
+        """Stop the job's test as soon as a JobCancelled is published on its subject.
+
+        A plain subscription to the job's own subject, made before JobStarted
+        is appended on the same connection (so the server has it first): a
+        cancel that lands before JobStarted fails its fence instead, and one
+        after it is delivered here. A notice lost to a reconnect is caught by
+        :meth:`_check_cancels` on the next heartbeat.
+        """
+
+        async def on_msg(msg: Msg) -> None:
+            if b"JobCancelled" in msg.data and isinstance(decode_event(msg.data), JobCancelled):
+                self._stop_cancelled(job_id)
+
+        return await self.store.nc.subscribe(subject, cb=on_msg)
+
+    async def _check_cancels(self) -> None:
+        """Read the last event of every running job: the safety net for a lost notice."""
+        for job_id, (subject, _watch) in list(self._watching.items()):
+            try:
+                last = await self.store.last(subject)
+            except QgjobError as exc:
+                log.warning("could not check job %s for a cancel: %s", job_id, exc, extra=self._ids)
+                continue
+            if last is not None and isinstance(last.event, JobCancelled):
+                self._stop_cancelled(job_id)
+
+    async def _run_job(self, batch: BatchAssigned, job: BatchJob, *, assigned_seq: int | None = None) -> None:
         subject = self._job_subject(batch, job)
         ids = {"job_id": job.job_id, "batch_id": batch.batch_id, "agent_id": self.agent_id}
-        seq = await self._start(batch, job, assigned_seq)
-        if seq is None:
-            return
-        if on_start is not None:
-            on_start()
-        log.info("job %s started: %s, attempt %d", job.job_id, job.test, job.attempt, extra=ids)
-        running = asyncio.create_task(
-            self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt, timeout_s=job.timeout_s)
-        )
-        self._running[job.job_id] = running
+        watch = await self._watch_cancel(job.job_id, subject)
         try:
-            outcome = await running
-        except asyncio.CancelledError:
-            if job.job_id not in self._cancelled:
-                raise  # the agent itself is stopping or lost its lease
-            self._cancelled.discard(job.job_id)
-            log.info("job %s was cancelled while it ran; its test was stopped", job.job_id, extra=ids)
-            return
+            seq = await self._start(batch, job, assigned_seq)
+            if seq is None:
+                return
+            log.info("job %s started: %s, attempt %d", job.job_id, job.test, job.attempt, extra=ids)
+            running = asyncio.create_task(
+                self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt, timeout_s=job.timeout_s)
+            )
+            self._running[job.job_id] = running
+            self._watching[job.job_id] = (subject, watch)
+            try:
+                outcome = await running
+            except asyncio.CancelledError:
+                if job.job_id not in self._cancelled:
+                    raise  # the agent itself is stopping or lost its lease
+                self._cancelled.discard(job.job_id)
+                log.info("job %s was cancelled while it ran; its test was stopped", job.job_id, extra=ids)
+                return
+            finally:
+                self._running.pop(job.job_id, None)
+                self._watching.pop(job.job_id, None)
         finally:
-            self._running.pop(job.job_id, None)
+            with contextlib.suppress(nats.errors.Error):
+                await watch.unsubscribe()
+        await self._report(batch, job, subject, seq, outcome, ids)
+
+    async def _report(
+        self, batch: BatchAssigned, job: BatchJob, subject: str, seq: int, outcome: Outcome, ids: dict[str, str]
+    ) -> None:
         self.jobs_run += 1
         metrics.RUN_DURATION.labels(target=batch.target, outcome="passed" if outcome.passed else "failed").observe(
             outcome.duration_ms / 1000

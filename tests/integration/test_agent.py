@@ -152,3 +152,36 @@ async def test_cancelling_a_running_job_stops_its_test(store: EventStore) -> Non
     finally:
         agent.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_cancel_whose_notice_was_lost_stops_the_test_at_the_next_heartbeat(store: EventStore) -> None:
+    agent = Agent(
+        store,
+        agent_id="emu-4",
+        target="emulator",
+        runner=SimulateRunner(duration_s=8, install_s=0.01),
+        lease_s=30,
+        heartbeat_s=0.3,
+    )
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.3)
+        subject = await assign_one(store, "emu-4", "job_lost_notice", "tests/long.spec.js")
+        await wait_for(store, subject, JobStarted)
+        _subject, watch = agent._watching["job_lost_notice"]
+        await watch.unsubscribe()  # as if the live notice were lost to a reconnect
+        last = await store.last(subject)
+        assert last is not None
+        started = asyncio.get_running_loop().time()
+        await store.append(subject, JobCancelled(job_id="job_lost_notice"), expected=last.seq)
+        while "job_lost_notice" in agent._running and asyncio.get_running_loop().time() - started < 5:
+            await asyncio.sleep(0.02)
+        assert "job_lost_notice" not in agent._running
+        assert asyncio.get_running_loop().time() - started < 2  # a heartbeat or two, not the test's 8 s
+        await wait_for(store, store.subjects.batch("v1", "emulator", "bat_job_lost_notice"), BatchFinished)
+        kinds = [type(r.event).__name__ for r in await store.history(subject)]
+        assert kinds == ["JobSubmitted", "JobAssigned", "JobStarted", "JobCancelled"]
+        assert agent.rejected == 0 and agent.jobs_run == 0
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
