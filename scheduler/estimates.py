@@ -13,7 +13,9 @@ else ``default_s``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Weight of the newest attempt in a test's moving average: durations drift
 # slowly (a test grows, a device gets slower), outliers should not dominate.
@@ -24,6 +26,13 @@ def suite_of(test: str) -> str:
     """The folder a spec lives in: the unit its tests are estimated by."""
     head, sep, _ = test.rpartition("/")
     return head if sep else ""
+
+
+class _Job(Protocol):
+    org_id: str
+    test: str
+    target: str
+    run_id: str
 
 
 @dataclass(slots=True)
@@ -81,6 +90,22 @@ class Estimates:
             if mean is not None and mean.count:
                 return mean.total / mean.count
         return self.default_s
+
+    def tests_s(self, jobs: Iterable[_Job]) -> list[float]:
+        """:meth:`test_s` of each job, in order; tests never seen share their
+        suite's (or run's, or target's) mean, looked up once per suite."""
+        tests = self.tests
+        shared: dict[tuple[str, str, str, str], float] = {}
+        out = []
+        for j in jobs:
+            known = tests.get((j.org_id, j.test, j.target))
+            if known is None:
+                key = (j.org_id, suite_of(j.test), j.target, j.run_id)
+                known = shared.get(key)
+                if known is None:
+                    known = shared[key] = self.test_s(j.org_id, j.test, j.target, j.run_id)
+            out.append(known)
+        return out
 
     def install_s(self, target: str) -> float:
         """Estimated seconds an install of a build takes on ``target``."""

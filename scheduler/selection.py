@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 DEFAULT_PRIORITY = 5  # the job model's default; priorities below it are urgent
 AGING_MARGIN = 2  # levels a class must have aged past an agent's own class to take it away
 URGENT_AGING = 8  # aging into the urgent band (below the default priority) is this many times slower
+_by_order = attrgetter("order")
+INF = float("inf")
 MIN_GAIN = 0.05  # a split must shorten the run's estimated finish by this fraction
 URGENT_GAIN_INSTALLS = 3.0  # an agent joins an urgent run only if it shortens it by this many install times
 
@@ -148,29 +151,40 @@ def _targets(state: State, now: float, wanted: set[str]) -> dict[str, Target]:
     for group, ids in state.waiting.items():
         if group[1] not in wanted:
             continue
-        jobs = [j for j in (state.jobs[i] for i in ids) if j.ready_at <= now]
+        jobs = [j for j in map(state.jobs.__getitem__, ids) if j.ready_at <= now]
         if not jobs:
             continue
         ready[group] = jobs
+        first_of: dict[int, float] = {}
         for j in jobs:
-            key = (group[1], j.priority)
-            if j.submitted_at < oldest.get(key, float("inf")):
-                oldest[key] = j.submitted_at
+            if j.submitted_at < first_of.get(j.priority, INF):
+                first_of[j.priority] = j.submitted_at
+        for priority, first in first_of.items():
+            key = (group[1], priority)
+            if first < oldest.get(key, INF):
+                oldest[key] = first
     targets: dict[str, Target] = {}
     classes: dict[str, list[tuple[int, float, int]]] = {}
     for (name, priority), first in oldest.items():
         level = class_level(priority, now - first, state.config.aging_s)
         targets.setdefault(name, Target(name)).levels[priority] = level
         classes.setdefault(name, []).append((level, first, priority))
+    ranks = {name: {p: n for n, (_, _, p) in enumerate(sorted(c))} for name, c in classes.items()}
     for group, jobs in ready.items():
         target = targets[group[1]]
-        rank = {p: n for n, (_, _, p) in enumerate(sorted(classes[group[1]]))}
-        jobs.sort(key=lambda j: (rank[j.priority], j.order))
-        estimates = [est.test_s(j.org_id, j.test, j.target, j.run_id) for j in jobs]
+        rank = ranks[group[1]]
+        priorities = {j.priority for j in jobs}
+        if len(priorities) == 1:
+            jobs.sort(key=_by_order)  # one class: FIFO alone, without a key tuple per job
+            job_ranks = [rank[priorities.pop()]] * len(jobs)
+        else:
+            jobs.sort(key=lambda j: (rank[j.priority], j.order))
+            job_ranks = [rank[j.priority] for j in jobs]
+        estimates = est.tests_s(jobs)
         target.candidates[group] = Candidate(
             group=group,
             jobs=jobs,
-            ranks=[rank[j.priority] for j in jobs],
+            ranks=job_ranks,
             estimates=estimates,
             work_s=sum(estimates),
         )
@@ -189,7 +203,7 @@ def _targets(state: State, now: float, wanted: set[str]) -> dict[str, Target]:
         cand = target.candidates.get(batch.group)
         if cand is not None:
             cand.servers += 1
-            cand.inflight_s += sum(est.test_s(j.org_id, j.test, j.target, j.run_id) for j in held)
+            cand.inflight_s += sum(est.tests_s(held))
     return targets
 
 
