@@ -101,14 +101,15 @@ class Agent:
         watch = asyncio.create_task(self._watch_self(start))
         await self._register()
         beat = asyncio.create_task(self._heartbeat())
+        checks = asyncio.create_task(self._check_cancels_every_heartbeat())
         stop = asyncio.create_task(self._stop.wait())
         try:
-            done, _ = await asyncio.wait({listen, watch, beat, stop}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({listen, watch, beat, checks, stop}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in (listen, watch, beat, stop):
+            for task in (listen, watch, beat, checks, stop):
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -133,8 +134,6 @@ class Agent:
             if time.monotonic() - last_ok > self.lease_s and self._tasks:
                 log.error("no heartbeat got through for a whole lease: dropping held batches", extra=self._ids)
                 self._drop_batches()
-            if self._watching:
-                await self._check_cancels()
             await asyncio.sleep(self.heartbeat_s)
 
     async def _watch_self(self, start: int) -> None:
@@ -259,7 +258,7 @@ class Agent:
         is appended on the same connection (so the server has it first): a
         cancel that lands before JobStarted fails its fence instead, and one
         after it is delivered here. A notice lost to a reconnect is caught by
-        :meth:`_check_cancels` on the next heartbeat.
+        :meth:`_check_cancels` within a heartbeat interval.
         """
 
         async def on_msg(msg: Msg) -> None:
@@ -268,12 +267,19 @@ class Agent:
 
         return await self.store.nc.subscribe(subject, cb=on_msg)
 
+    async def _check_cancels_every_heartbeat(self) -> None:
+        """Apart from the heartbeat, so a slow read never delays a heartbeat."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if self._watching:
+                await self._check_cancels()
+
     async def _check_cancels(self) -> None:
         """Read the last event of every running job: the safety net for a lost notice."""
         for job_id, (subject, _watch) in list(self._watching.items()):
             try:
                 last = await self.store.last(subject)
-            except QgjobError as exc:
+            except (QgjobError, nats.errors.Error, TimeoutError) as exc:
                 log.warning("could not check job %s for a cancel: %s", job_id, exc, extra=self._ids)
                 continue
             if last is not None and isinstance(last.event, JobCancelled):
