@@ -113,9 +113,14 @@ async def passed_now(conn: Connection) -> int:
     return int(msgspec.json.decode(answer)["jobs_by_status"]["passed"])
 
 
-def cpu_seconds() -> dict[int, tuple[str, float]]:
-    """CPU seconds used so far by each server and service process: pid -> (role, seconds)."""
-    out: dict[int, tuple[str, float]] = {}
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each role's server and service processes.
+
+    A process's reaped children count with it (``children_user``,
+    ``children_system``), so a Postgres backend that exits during the run
+    still counts, through the postmaster that reaped it.
+    """
+    out: dict[str, float] = {}
     for proc in psutil.process_iter(["cmdline", "cpu_times"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         if "nats-server" in cmd:
@@ -126,9 +131,9 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
             role = cmd.split(" serve ", 1)[-1].split()[0] if " serve " in cmd else "agents"
         else:
             continue
-        times = proc.info["cpu_times"]
-        if times is not None:
-            out[proc.pid] = (role, times.user + times.system)
+        t = proc.info["cpu_times"]
+        if t is not None:
+            out[role] = out.get(role, 0.0) + t.user + t.system + t.children_user + t.children_system
     return out
 
 
@@ -138,11 +143,8 @@ async def throughput(url: str, token: str, n: int, cpu: dict[str, float] | None 
         return await _throughput(url, token, n)
     finally:
         if cpu is not None:
-            # Per process, so a Postgres backend that exits meanwhile does not count
-            # against its role; one that started meanwhile counts from zero.
-            for pid, (role, seconds) in cpu_seconds().items():
-                spent = seconds - before.get(pid, (role, 0.0))[1]
-                cpu[role] = cpu.get(role, 0.0) + spent * 1000 / n
+            for role, seconds in cpu_seconds().items():
+                cpu[role] = (seconds - before.get(role, 0.0)) * 1000 / n
 
 
 async def _throughput(url: str, token: str, n: int) -> float:
