@@ -50,10 +50,10 @@ if TYPE_CHECKING:
 DEFAULT_PRIORITY = 5  # the job model's default; priorities below it are urgent
 AGING_MARGIN = 2  # levels a class must have aged past an agent's own class to take it away
 URGENT_AGING = 8  # aging into the urgent band (below the default priority) is this many times slower
-_by_order = attrgetter("order")
-INF = float("inf")
 MIN_GAIN = 0.05  # a split must shorten the run's estimated finish by this fraction
 URGENT_GAIN_INSTALLS = 3.0  # an agent joins an urgent run only if it shortens it by this many install times
+INF = float("inf")
+_by_order = attrgetter("order")
 
 
 def class_level(priority: int, waited_s: float, aging_s: float) -> int:

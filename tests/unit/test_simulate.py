@@ -323,6 +323,40 @@ def test_estimates_learn_tests_and_fall_back_to_suite_run_target_default() -> No
     assert suite_of("tests/login/a.spec.js") == "tests/login" and suite_of("a.spec.js") == ""
 
 
+@given(
+    learnt=st.lists(
+        st.tuples(
+            st.sampled_from(["acme", "globex"]),
+            st.sampled_from(["tests/a/1.spec.js", "tests/a/2.spec.js", "tests/b/3.spec.js", "top.spec.js"]),
+            st.sampled_from(["emulator", "device"]),
+            st.sampled_from(["r1", "r2"]),
+            st.floats(1, 500),
+        ),
+        max_size=12,
+    ),
+    asked=st.lists(
+        st.tuples(
+            st.sampled_from(["acme", "globex"]),
+            st.sampled_from(["tests/a/1.spec.js", "tests/a/9.spec.js", "tests/c/4.spec.js", "other.spec.js"]),
+            st.sampled_from(["emulator", "device"]),
+            st.sampled_from(["r1", "r2", "r3"]),
+        ),
+        max_size=20,
+    ),
+)
+def test_estimates_of_many_jobs_at_once_equal_one_at_a_time(learnt, asked) -> None:  # type: ignore[no-untyped-def]
+    est = Estimates(default_s=60)
+    for org, test, target, run, seconds in learnt:
+        est.learn(org, test, target, run, seconds)
+
+    class J:
+        def __init__(self, org_id: str, test: str, target: str, run_id: str) -> None:
+            self.org_id, self.test, self.target, self.run_id = org_id, test, target, run_id
+
+    jobs = [J(*a) for a in asked]
+    assert est.tests_s(jobs) == [est.test_s(j.org_id, j.test, j.target, j.run_id) for j in jobs]
+
+
 def test_the_policy_core_learns_durations_from_the_simulated_results() -> None:
     jobs = [_job(i * 1000, 42, test="tests/a/same.spec.js", run_id=f"r{i}") for i in range(3)]
     world = PolicyWorld(_workload(jobs, {"emulator": 1}), policy.Config())
