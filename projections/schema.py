@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from functools import cache
@@ -84,3 +85,12 @@ async def connect_pool(
     if pool is None:  # pragma: no cover - asyncpg returns a pool or raises
         raise RuntimeError("no pool")
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float = 5.0) -> None:
+    """Close ``pool``, waiting at most ``timeout`` for connections in use;
+    then asyncpg terminates the rest, so a stuck query never blocks a stop."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except TimeoutError:
+        log.warning("Postgres connections were still in use after %.0f s; closed them", timeout)

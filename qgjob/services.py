@@ -20,7 +20,7 @@ from agents.runners import Runner
 from eventstore import EventStore
 from eventstore import metrics as store_metrics
 from projections.projector import Projector
-from projections.schema import connect_pool, migrate
+from projections.schema import close_pool, connect_pool, migrate
 from qgjob.api.app import create_app
 from qgjob.settings import Settings
 from scheduler import policy
@@ -108,7 +108,7 @@ class ProjectorService:
                 return
             await self.projector.run()
         finally:
-            await pool.close()
+            await close_pool(pool)
             await store.close()
 
     def stop(self) -> None:

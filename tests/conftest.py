@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -128,7 +129,26 @@ async def stack(settings: Settings, store: EventStore, pool: asyncpg.Pool) -> As
         await running.http.aclose()
         for svc in reversed(services):
             svc.stop()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+        _, pending = await asyncio.wait(tasks, timeout=15)
+        if pending:
+            stuck = [f"{type(services[tasks.index(t)]).__name__}:\n{_stack(t)}" for t in pending]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise AssertionError("services did not stop within 15 s:\n" + "\n".join(stuck))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _stack(task: asyncio.Task[object]) -> str:
+    """Where a suspended task waits: its chain of awaited coroutines."""
+    lines = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(lines) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return "\n".join(lines) + f"\n  awaiting {coro!r}"
 
 
 @pytest.fixture

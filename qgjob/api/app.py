@@ -27,7 +27,7 @@ from eventstore.logs import LogStore
 from projections import metrics as projection_metrics
 from projections import queries as read
 from projections.projector import checkpoint
-from projections.schema import connect_pool, migrate, queries
+from projections.schema import close_pool, connect_pool, migrate, queries
 from qgjob.api import auth, history, stream, tail
 from qgjob.api.errors import (
     ApiError,
@@ -86,7 +86,7 @@ class Api:
             yield
         finally:
             await self.changes.close()
-            await self.pool.close()
+            await close_pool(self.pool)
             await self.store.close()
 
     @property
