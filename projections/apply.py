@@ -1,8 +1,9 @@
 """How each event changes the read models.
 
 Each event type maps to the SQL statements it runs (``statements``); the
-projector runs consecutive identical statements as one pipelined
-``executemany``, which is what lets it keep up with bulk submissions.
+projector runs a batch of events in waves (``waves``), each statement of a
+wave once, as one pipelined ``executemany`` over all its rows, which is what
+lets it keep up with bulk submissions and many agents reporting at once.
 """
 
 from __future__ import annotations
@@ -62,19 +63,78 @@ async def apply(conn: asyncpg.Connection, rec: Recorded) -> None:
         await conn.execute(sql, *args)
 
 
-async def apply_many(conn: asyncpg.Connection, records: list[Recorded]) -> None:
-    """Apply events in order, running each run of identical statements at once."""
-    run_sql: str | None = None
-    run_args: list[tuple[Any, ...]] = []
+# The rows each statement writes, as (table, number of leading arguments that
+# are the row's key). Statements on different rows commute; statements on one
+# row must keep their stream order.
+_ROWS: dict[str, tuple[str, int]] = {
+    **{
+        Q[name]: ("jobs", 1)
+        for name in (
+            "job_submitted",
+            "job_assigned",
+            "job_started",
+            "job_passed",
+            "job_failed",
+            "job_retry_scheduled",
+            "job_requeued",
+            "job_cancelled",
+            "job_errored",
+        )
+    },
+    **{Q[name]: ("batches", 1) for name in ("batch_assigned", "app_installed", "batch_finished")},
+    **{
+        Q[name]: ("agents", 1)
+        for name in (
+            "agent_batch_assigned",
+            "agent_app_installed",
+            "agent_batch_finished",
+            "agent_registered",
+            "agent_state",
+        )
+    },
+    Q["keys_claimed"]: ("claim_groups", 3),
+    Q["token_created"]: ("tokens", 1),
+}
+# Results also update test_durations, keyed by the job's test, which the event
+# does not carry: results keep their order among themselves.
+_RESULTS = frozenset((Q["job_passed"], Q["job_failed"]))
+
+
+def waves(records: list[Recorded]) -> list[dict[str, list[tuple[Any, ...]]]]:
+    """The statements of ``records`` in waves: each wave maps a statement to
+    its argument rows, run together; a wave runs after every wave before it.
+
+    A statement goes in the wave after the last one that wrote any of its
+    rows, so each row sees its statements in stream order while statements
+    of many rows run as one ``executemany``. Results go in the wave of the
+    last result if it ran the same statement (``executemany`` keeps the order
+    of its rows), else after it.
+    """
+    out: list[dict[str, list[tuple[Any, ...]]]] = []
+    last: dict[tuple[Any, ...], int] = {}  # row -> wave of its last statement
+    last_result: tuple[int, str] = (-1, "")
     for rec in records:
         for sql, args in statements(rec):
-            if sql != run_sql and run_args:
-                await conn.executemany(run_sql, run_args)  # type: ignore[arg-type]
-                run_args = []
-            run_sql = sql
-            run_args.append(args)
-    if run_args and run_sql is not None:
-        await conn.executemany(run_sql, run_args)
+            table, arity = _ROWS[sql]
+            row = (table, *args[:arity])
+            w = last.get(row, -1) + 1
+            if sql in _RESULTS:
+                rw, rsql = last_result
+                w = max(w, rw if rsql == sql else rw + 1)
+                last_result = (w, sql)
+            last[row] = w
+            if w == len(out):
+                out.append({})
+            out[w].setdefault(sql, []).append(args)
+    return out
+
+
+async def apply_many(conn: asyncpg.Connection, records: list[Recorded]) -> None:
+    """Apply events: each row sees its statements in stream order; each wave
+    runs each of its statements once, with all its argument rows."""
+    for wave in waves(records):
+        for sql, rows in wave.items():
+            await conn.executemany(sql, rows)
 
 
 @handles(JobSubmitted)

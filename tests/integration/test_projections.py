@@ -5,16 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from eventstore import EventStore
+from eventstore.events import (
+    AgentRegistered,
+    Event,
+    JobAssigned,
+    JobCancelled,
+    JobFailed,
+    JobPassed,
+    JobRequeued,
+    JobRetryScheduled,
+    JobStarted,
+    JobSubmitted,
+)
 from projections import replay
 from projections.projector import apply_batch, checkpoint
 from projections.schema import migrate, migrations, queries
@@ -179,3 +193,87 @@ async def test_durations_per_test_and_target_and_suite_estimates(store: EventSto
     assert suite is not None and 11.0 < suite < 12.0  # the mean of the tests in tests/
     assert await duration_estimate(pool, "acme", "emulator", "other/new.spec.js") is None
     assert await duration_estimate(pool, "globex", "emulator", "tests/job_000007.spec.js") is None
+
+
+def _lifecycles(jobs: int, seed: int) -> list[list[Event]]:
+    """Each job's own events in order: retries, requeues, cancels; few tests
+    shared by many jobs, so results of one test meet in one batch."""
+    rng = random.Random(seed)
+    out = []
+    for n in range(jobs):
+        job_id, agent = f"job_{n:04d}", f"emu-{n % 3}"
+        batch = f"bat_{n // 4}"
+        run = {"job_id": job_id, "batch_id": batch, "agent_id": agent}
+        events: list[Event] = [
+            JobSubmitted(
+                job_id=job_id, org_id="acme", app_version_id="v1", test=f"t/{n % 5}.spec.js",
+                target="emulator", run_id="run-1", max_retries=2, dedup_key=f"k{n}",
+            ),
+            JobAssigned(**run),
+        ]  # fmt: skip
+        ending = rng.choice(["pass", "retry", "requeue", "cancel", "fail"])
+        if ending == "cancel":
+            tail = [JobCancelled(job_id=job_id, dedup_key=f"k{n}")]
+        else:
+            tail = [JobStarted(**run, attempt=1)]
+            if ending == "retry":
+                tail += [
+                    JobFailed(**run, attempt=1, duration_ms=rng.randint(1, 900), error="boom", final=False),
+                    JobRetryScheduled(job_id=job_id, attempt=2, not_before=datetime(2026, 12, 1, tzinfo=UTC)),
+                    JobAssigned(**run),
+                    JobStarted(**run, attempt=2),
+                ]
+            if ending == "requeue":
+                tail += [JobRequeued(job_id=job_id, reason="agent lost"), JobAssigned(**run)]
+                tail += [JobStarted(**run, attempt=1)]
+            if ending == "fail":
+                tail.append(JobFailed(**run, attempt=1, duration_ms=rng.randint(1, 900), error="boom", final=True))
+            else:
+                tail.append(JobPassed(**run, attempt=2 if ending == "retry" else 1, duration_ms=rng.randint(1, 900)))
+        out.append(events + tail)
+    return out
+
+
+async def test_a_batch_of_interleaved_jobs_equals_one_event_at_a_time(
+    store: EventStore, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """The projector runs a batch in waves of many rows at once; the rows, the
+    counts and the test durations it leaves equal those of applying each event
+    in its own transaction, in stream order."""
+    rng = random.Random(7)
+    pending = _lifecycles(120, seed=7)
+    for agent in range(3):
+        await store.append(
+            store.subjects.agent("emulator", f"emu-{agent}"),
+            AgentRegistered(agent_id=f"emu-{agent}", target="emulator"),
+        )
+    while pending:  # interleave the jobs at random, each keeping its own order
+        events = rng.choice(pending)
+        event = events.pop(0)
+        job_id = event.job_id  # type: ignore[attr-defined]
+        await store.append(store.subjects.job("v1", "emulator", "acme", job_id), event)
+        if not events:
+            pending.remove(events)
+    records = [r async for r in store.read()]
+    async with pool.acquire() as conn:
+        assert await apply_batch(conn, records) == records[-1].seq
+    one_by_one = f"{settings.schema}_one"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await migrate(conn, one_by_one)
+        await conn.execute(f'SET search_path TO "{one_by_one}"')
+        for rec in records:
+            await apply_batch(conn, [rec])
+        counts = (
+            "SELECT org_id, app_version_id, target, status, n, retries, flaky FROM {}.job_counts"
+            " WHERE n > 0 ORDER BY 1, 2, 3, 4"
+        )
+        assert await conn.fetch(counts.format(f'"{settings.schema}"')) == await conn.fetch(
+            counts.format(f'"{one_by_one}"')
+        )
+        durations = await conn.fetch(f'SELECT count(*) FROM "{one_by_one}".test_durations')
+        assert durations[0][0] == 5
+        assert await replay.compare(settings.database_url, settings.schema, one_by_one, records[-1].seq) == []
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{one_by_one}" CASCADE')
+        await conn.close()
