@@ -35,7 +35,6 @@ from eventstore.events import (
     JobPassed,
     JobStarted,
     ResultRejected,
-    decode_event,
 )
 from eventstore.logs import LogStore
 
@@ -75,8 +74,11 @@ class Agent:
         self.rejected = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[Any]] = {}  # job id -> its test, while it runs
-        self._watching: dict[str, tuple[str, Any]] = {}  # job id -> its subject and cancel watch, while it runs
+        self._watching: dict[str, str] = {}  # job id -> its subject, while its test runs
+        self._starting: set[str] = set()  # jobs whose JobStarted is on its way
+        self._noticed: set[str] = set()  # ... and of those, the ones a cancel notice named meanwhile
         self._cancelled: set[str] = set()
+        self._checks: set[asyncio.Task[None]] = set()  # reads of jobs a notice named
         self._stop = asyncio.Event()
         self._ids = {"agent_id": agent_id}
 
@@ -96,6 +98,7 @@ class Agent:
         log.info("agent %s registered for %s", self.agent_id, self.target, extra=self._ids)
 
     async def run(self) -> None:
+        notices = await self.store.nc.subscribe(self.store.subjects.cancel_notice(self.agent_id), cb=self._on_notice)
         start = await self.store.last_seq() + 1
         listen = asyncio.create_task(self._listen(start))
         watch = asyncio.create_task(self._watch_self(start))
@@ -109,10 +112,12 @@ class Agent:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in (listen, watch, beat, checks, stop):
+            for task in (listen, watch, beat, checks, stop, *self._checks):
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(nats.errors.Error):
+                await notices.unsubscribe()
             try:
                 await self.store.append(
                     self.store.subjects.agent(self.target, self.agent_id), AgentStopped(agent_id=self.agent_id)
@@ -251,21 +256,26 @@ class Agent:
             self._cancelled.add(job_id)
             running.cancel()
 
-    async def _watch_cancel(self, job_id: str, subject: str) -> Any:
-        """Stop the job's test as soon as a JobCancelled is published on its subject.
+    async def _on_notice(self, msg: Msg) -> None:
+        """A cancel notice names a job of this agent's; the stream decides.
 
-        A plain subscription to the job's own subject, made before JobStarted
-        is appended on the same connection (so the server has it first): a
-        cancel that lands before JobStarted fails its fence instead, and one
-        after it is delivered here. A notice lost to a reconnect is caught by
+        The API publishes one (plain NATS, outside the stream) to the agent
+        holding a job once its JobCancelled is stored. A notice is only a
+        hint: the test stops only if the job's last event is JobCancelled. One
+        that arrives while JobStarted is on its way is checked once the test
+        runs; one that never arrives (a reconnect) is caught by
         :meth:`_check_cancels` within a heartbeat interval.
         """
+        job_id = msg.data.decode(errors="replace")
+        if job_id in self._watching:
+            self._spawn(self._check_cancels([job_id]))
+        elif job_id in self._starting:
+            self._noticed.add(job_id)
 
-        async def on_msg(msg: Msg) -> None:
-            if b"JobCancelled" in msg.data and isinstance(decode_event(msg.data), JobCancelled):
-                self._stop_cancelled(job_id)
-
-        return await self.store.nc.subscribe(subject, cb=on_msg)
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
 
     async def _check_cancels_every_heartbeat(self) -> None:
         """Apart from the heartbeat, so a slow read never delays a heartbeat."""
@@ -274,9 +284,13 @@ class Agent:
             if self._watching:
                 await self._check_cancels()
 
-    async def _check_cancels(self) -> None:
-        """Read the last event of every running job: the safety net for a lost notice."""
-        for job_id, (subject, _watch) in list(self._watching.items()):
+    async def _check_cancels(self, job_ids: list[str] | None = None) -> None:
+        """Read the last event of these running jobs (all: the safety net for
+        a lost notice) and stop each test whose job was cancelled."""
+        for job_id in list(self._watching) if job_ids is None else job_ids:
+            subject = self._watching.get(job_id)
+            if subject is None:
+                continue
             try:
                 last = await self.store.last(subject)
             except (QgjobError, nats.errors.Error, TimeoutError) as exc:
@@ -288,7 +302,7 @@ class Agent:
     async def _run_job(self, batch: BatchAssigned, job: BatchJob, *, assigned_seq: int | None = None) -> None:
         subject = self._job_subject(batch, job)
         ids = {"job_id": job.job_id, "batch_id": batch.batch_id, "agent_id": self.agent_id}
-        watch = await self._watch_cancel(job.job_id, subject)
+        self._starting.add(job.job_id)
         try:
             seq = await self._start(batch, job, assigned_seq)
             if seq is None:
@@ -298,7 +312,10 @@ class Agent:
                 self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt, timeout_s=job.timeout_s)
             )
             self._running[job.job_id] = running
-            self._watching[job.job_id] = (subject, watch)
+            self._watching[job.job_id] = subject
+            self._starting.discard(job.job_id)
+            if job.job_id in self._noticed:
+                self._spawn(self._check_cancels([job.job_id]))
             try:
                 outcome = await running
             except asyncio.CancelledError:
@@ -311,8 +328,8 @@ class Agent:
                 self._running.pop(job.job_id, None)
                 self._watching.pop(job.job_id, None)
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await watch.unsubscribe()
+            self._starting.discard(job.job_id)
+            self._noticed.discard(job.job_id)
         await self._report(batch, job, subject, seq, outcome, ids)
 
     async def _report(

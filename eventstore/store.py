@@ -328,6 +328,18 @@ class EventStore:
         stamp = (raw.headers or {}).get("Nats-Time-Stamp")
         return None if stamp is None else _parse_stamp(stamp)
 
+    async def notify_cancelled(self, agent_id: str, job_id: str) -> None:
+        """Tell the agent holding ``job_id`` that its JobCancelled is stored.
+
+        Plain NATS and best effort: the agent checks the job's subject before
+        it stops the test, and reads the subjects of its running jobs every
+        heartbeat anyway, so a lost notice only delays the stop.
+        """
+        try:
+            await self.nc.publish(self.subjects.cancel_notice(agent_id), job_id.encode())
+        except nats.errors.Error as exc:
+            log.warning("could not tell agent %s that job %s was cancelled: %s", agent_id, job_id, exc)
+
     async def last(self, subject: str) -> Recorded | None:
         """The last event on ``subject``, or ``None``."""
         try:

@@ -132,6 +132,10 @@ class Subjects:
     def heartbeats(self) -> str:
         return f"_hb.{self.prefix}.*"
 
+    def cancel_notice(self, agent_id: str) -> str:
+        """Where the agent holding a job hears that it was cancelled: plain NATS, outside the stream."""
+        return f"_cx.{self.prefix}.{encode_token(agent_id)}"
+
     def token(self, token_id: str) -> str:
         return ".".join((self.prefix, "token", encode_token(token_id)))
 

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
-from eventstore.events import JobCancelled, JobFailed, JobPassed, is_terminal
+from eventstore.events import JobAssigned, JobCancelled, JobFailed, JobPassed, JobStarted, is_terminal
 from eventstore.logs import LogStore
 from projections import metrics as projection_metrics
 from projections import queries as read
@@ -291,6 +291,8 @@ class Api:
                     reason,
                     extra={"job_id": row["job_id"], "run_id": row["run_id"]},
                 )
+                if isinstance(last.event, JobAssigned | JobStarted):  # an agent holds the job: tell it
+                    await self.es.notify_cancelled(last.event.agent_id, row["job_id"])
                 return None
             except ConcurrencyConflict:
                 continue

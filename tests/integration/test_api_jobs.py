@@ -328,6 +328,34 @@ async def simulated_agent(stack: RunningStack, target: str = "emulator") -> Asyn
         await asyncio.wait_for(task, 15)
 
 
+async def test_cancelling_a_running_job_through_the_api_stops_its_test_at_once(stack: RunningStack) -> None:
+    """The API tells the agent holding the job; with a heartbeat a minute
+    apart, the agent's own read-back cannot be what stops the test."""
+    runner = AgentRunner(
+        stack.settings, agent_id="sim-long", target="emulator", runner=SimulateRunner(duration_s=30), lease_s=300
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        async with org_client(stack) as c:
+            created = await submit(c, job("tests/very_long.spec.js"))
+            deadline = time.monotonic() + 15
+            while (await get_job(c, created["job_id"]))["status"] != "running":
+                assert time.monotonic() < deadline, "the job never started"
+                await asyncio.sleep(0.02)
+            agent = runner.agent
+            assert agent is not None and created["job_id"] in agent._running
+            started = time.monotonic()
+            assert (await cancel(c, created["job_id"]))["status"] == "cancelled"
+            while created["job_id"] in agent._running and time.monotonic() - started < 10:
+                await asyncio.sleep(0.02)
+            assert time.monotonic() - started < 2, "the test ran on after its cancel"
+            view = await get_job(c, created["job_id"])
+            assert (view["status"], view["attempts"]) == ("cancelled", 1)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 15)
+
+
 async def test_a_simulated_agent_runs_jobs_to_their_end(stack: RunningStack) -> None:
     async with org_client(stack) as c, simulated_agent(stack):
         failing = await submit(c, job("tests/checkout_fail.spec.js", max_retries=2))
