@@ -40,6 +40,7 @@ def test_every_nats_command_names_subjects_the_store_writes() -> None:
         "batch": s.batch("2.4.0", "emulator", "bat_1"),
         "agent": s.agent("device", "dev-1"),
         "heartbeat": s.heartbeat("dev-1"),
+        "cancel notice": s.cancel_notice("dev-1"),
     }
     documented = re.findall(r"^nats (?:sub(?: --all)?|stream view QGJOB --subject) '([^']+)'", README, re.M)
     expected = {
@@ -49,6 +50,7 @@ def test_every_nats_command_names_subjects_the_store_writes() -> None:
         "qgjob.batch.>": {"batch"},
         "qgjob.agent.>": {"agent"},
         "_hb.qgjob.*": {"heartbeat"},
+        "_cx.qgjob.*": {"cancel notice"},
         "qgjob.job.*.*.*.job_1": {"group"},
     }
     assert set(documented) >= set(expected) - {"qgjob.job.*.*.*.job_1"}
