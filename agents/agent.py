@@ -191,6 +191,7 @@ class Agent:
             batch.target,
             extra=ids,
         )
+        reporting: asyncio.Task[None] | None = None  # the last job's result, on its way
         try:
             if batch.install or self.installed != batch.app_version_id:
                 started = time.monotonic()
@@ -214,10 +215,17 @@ class Agent:
                     break
                 # The assignment was one atomic batch: BatchAssigned, then each
                 # JobAssigned in order, at consecutive sequences.
-                await self._run_job(batch, job, assigned_seq=seq + 1 + n)
+                report = await self._run_job(batch, job, assigned_seq=seq + 1 + n)
+                if reporting is not None:
+                    await reporting
+                reporting = report
+            if reporting is not None:
+                await reporting
         except QgjobError as exc:
             log.error("batch %s aborted: %s", batch.batch_id, exc, extra=ids)
         finally:
+            if reporting is not None and not reporting.done():
+                reporting.cancel()
             try:
                 await self.store.append(
                     self.store.subjects.batch(batch.app_version_id, batch.target, batch.batch_id),
@@ -299,14 +307,22 @@ class Agent:
             if last is not None and isinstance(last.event, JobCancelled):
                 self._stop_cancelled(job_id)
 
-    async def _run_job(self, batch: BatchAssigned, job: BatchJob, *, assigned_seq: int | None = None) -> None:
+    async def _run_job(
+        self, batch: BatchAssigned, job: BatchJob, *, assigned_seq: int | None = None
+    ) -> asyncio.Task[None] | None:
+        """Start the job, run its test, send its result; returns the sending.
+
+        The next job starts while the result is on its way: the result is
+        published first, on the same connection, so the stream still has it
+        before the next JobStarted, and one write carries both.
+        """
         subject = self._job_subject(batch, job)
         ids = {"job_id": job.job_id, "batch_id": batch.batch_id, "agent_id": self.agent_id}
         self._starting.add(job.job_id)
         try:
             seq = await self._start(batch, job, assigned_seq)
             if seq is None:
-                return
+                return None
             log.info("job %s started: %s, attempt %d", job.job_id, job.test, job.attempt, extra=ids)
             running = asyncio.create_task(
                 self.runner.run(job.test, batch.target, batch.app_version_id, job.attempt, timeout_s=job.timeout_s)
@@ -323,14 +339,19 @@ class Agent:
                     raise  # the agent itself is stopping or lost its lease
                 self._cancelled.discard(job.job_id)
                 log.info("job %s was cancelled while it ran; its test was stopped", job.job_id, extra=ids)
-                return
+                return None
             finally:
                 self._running.pop(job.job_id, None)
                 self._watching.pop(job.job_id, None)
         finally:
             self._starting.discard(job.job_id)
             self._noticed.discard(job.job_id)
-        await self._report(batch, job, subject, seq, outcome, ids)
+        if outcome.log and not outcome.log_fits_tail:  # the log is stored first: no overlap
+            await self._report(batch, job, subject, seq, outcome, ids)
+            return None
+        report = asyncio.create_task(self._report(batch, job, subject, seq, outcome, ids))
+        await asyncio.sleep(0)  # let the result reach the connection's buffer first
+        return report
 
     async def _report(
         self, batch: BatchAssigned, job: BatchJob, subject: str, seq: int, outcome: Outcome, ids: dict[str, str]

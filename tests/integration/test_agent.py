@@ -169,3 +169,45 @@ async def test_cancelling_a_running_job_stops_its_test(store: EventStore, notice
     finally:
         agent.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_each_result_is_stored_before_the_next_job_starts(store: EventStore) -> None:
+    """The agent starts the next job while a result is on its way; the stream
+    still holds every result before the JobStarted that follows it."""
+    s = store.subjects
+    ids = [f"job_pipe_{n}" for n in range(12)]
+    seqs = []
+    for job_id in ids:
+        submitted = JobSubmitted(
+            job_id=job_id, org_id="acme", app_version_id="v1", test=f"t/{job_id}.spec.js", target="emulator", run_id="r"
+        )
+        seqs.append(await store.append(s.job("v1", "emulator", "acme", job_id), submitted, expected=0))
+    jobs = [BatchJob(job_id=j, org_id="acme", test=f"t/{j}.spec.js", attempt=1, max_retries=0) for j in ids]
+    batch = BatchAssigned(
+        batch_id="bat_pipe", agent_id="emu-pipe", app_version_id="v1", target="emulator", jobs=jobs, install=True
+    )
+    appends = [Append(s.batch("v1", "emulator", "bat_pipe"), batch, 0)]
+    appends += [
+        Append(s.job("v1", "emulator", "acme", j), JobAssigned(job_id=j, batch_id="bat_pipe", agent_id="emu-pipe"), q)
+        for j, q in zip(ids, seqs, strict=True)
+    ]
+    agent = Agent(store, agent_id="emu-pipe", target="emulator", runner=SimulateRunner(duration_s=0, install_s=0))
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.3)
+        await store.append_many(appends)
+        await wait_for(store, s.batch("v1", "emulator", "bat_pipe"), BatchFinished)
+        order = [
+            (type(r.event).__name__, r.event.job_id)  # type: ignore[attr-defined]
+            async for r in store.read(s.jobs("v1", "emulator"))
+            if type(r.event).__name__ in ("JobStarted", "JobPassed", "JobFailed")
+        ]
+        results = ("JobPassed", "JobFailed")
+        assert len(order) == 2 * len(ids), order
+        for n, job_id in enumerate(ids):
+            assert order[2 * n][0] == "JobStarted" and order[2 * n][1] == job_id, order
+            assert order[2 * n + 1][0] in results and order[2 * n + 1][1] == job_id, order
+        assert agent.jobs_run == len(ids) and agent.rejected == 0
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
