@@ -329,7 +329,6 @@ class Agent:
             )
             self._running[job.job_id] = running
             self._watching[job.job_id] = subject
-            self._starting.discard(job.job_id)
             if job.job_id in self._noticed:
                 self._spawn(self._check_cancels([job.job_id]))
             try:
