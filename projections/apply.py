@@ -1,9 +1,10 @@
 """How each event changes the read models.
 
-Each event type maps to the SQL statements it runs (``statements``); the
-projector runs a batch of events in waves (``waves``), each statement of a
-wave once, as one pipelined ``executemany`` over all its rows, which is what
-lets it keep up with bulk submissions and many agents reporting at once.
+Each event type maps to the SQL statements it runs (``statements``), one
+argument row per event; the projector runs a batch of events in waves
+(``waves``), each statement of a wave once for all its rows (the statements
+take one array per argument), which is what lets it keep up with bulk
+submissions and many agents reporting at once.
 """
 
 from __future__ import annotations
@@ -57,12 +58,6 @@ def statements(rec: Recorded) -> list[Statement]:
     return handler(rec.event, rec.seq) if handler is not None else []
 
 
-async def apply(conn: asyncpg.Connection, rec: Recorded) -> None:
-    """Apply one recorded event."""
-    for sql, args in statements(rec):
-        await conn.execute(sql, *args)
-
-
 # The rows each statement writes, as (table, number of leading arguments that
 # are the row's key). Statements on different rows commute; statements on one
 # row must keep their stream order.
@@ -95,33 +90,24 @@ _ROWS: dict[str, tuple[str, int]] = {
     Q["keys_claimed"]: ("claim_groups", 3),
     Q["token_created"]: ("tokens", 1),
 }
-# Results also update test_durations, keyed by the job's test, which the event
-# does not carry: results keep their order among themselves.
-_RESULTS = frozenset((Q["job_passed"], Q["job_failed"]))
 
 
 def waves(records: list[Recorded]) -> list[dict[str, list[tuple[Any, ...]]]]:
     """The statements of ``records`` in waves: each wave maps a statement to
     its argument rows, run together; a wave runs after every wave before it.
 
-    A statement goes in the wave after the last one that wrote any of its
-    rows, so each row sees its statements in stream order while statements
-    of many rows run as one ``executemany``. Results go in the wave of the
-    last result if it ran the same statement (``executemany`` keeps the order
-    of its rows), else after it.
+    A statement goes in the wave after the last one that wrote its row, so
+    each row sees its statements in stream order, and no wave writes a row
+    twice. Results also add to ``test_durations`` under the job's test, but
+    as sums, which commute.
     """
     out: list[dict[str, list[tuple[Any, ...]]]] = []
     last: dict[tuple[Any, ...], int] = {}  # row -> wave of its last statement
-    last_result: tuple[int, str] = (-1, "")
     for rec in records:
         for sql, args in statements(rec):
             table, arity = _ROWS[sql]
             row = (table, *args[:arity])
             w = last.get(row, -1) + 1
-            if sql in _RESULTS:
-                rw, rsql = last_result
-                w = max(w, rw if rsql == sql else rw + 1)
-                last_result = (w, sql)
             last[row] = w
             if w == len(out):
                 out.append({})
@@ -131,10 +117,10 @@ def waves(records: list[Recorded]) -> list[dict[str, list[tuple[Any, ...]]]]:
 
 async def apply_many(conn: asyncpg.Connection, records: list[Recorded]) -> None:
     """Apply events: each row sees its statements in stream order; each wave
-    runs each of its statements once, with all its argument rows."""
+    runs each of its statements once, with an array of each argument."""
     for wave in waves(records):
         for sql, rows in wave.items():
-            await conn.executemany(sql, rows)
+            await conn.execute(sql, *map(list, zip(*rows, strict=True)))
 
 
 @handles(JobSubmitted)

@@ -7,100 +7,157 @@ SELECT seq FROM checkpoints WHERE projection = $1;
 INSERT INTO checkpoints (projection, seq) VALUES ($1, $2)
 ON CONFLICT (projection) DO UPDATE SET seq = EXCLUDED.seq;
 
+-- The projection statements below each take one array per argument, an
+-- element per row: the projector runs a statement once for all the rows of a
+-- wave, and no two of them touch the same row.
+
 -- name: job_submitted
 INSERT INTO jobs (job_id, org_id, app_version_id, test, target, priority, max_retries, run_id,
                   labels, timeout_s, dedup_key, status, submitted_at, subject_seq, last_seq)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, 'queued', $12, $13, $13)
+SELECT job_id, org_id, app_version_id, test, target, priority, max_retries, run_id,
+       labels::jsonb, timeout_s, dedup_key, 'queued', submitted_at, seq, seq
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::integer[],
+            $8::text[], $9::text[], $10::double precision[], $11::text[], $12::timestamptz[], $13::bigint[])
+    AS u(job_id, org_id, app_version_id, test, target, priority, max_retries, run_id,
+         labels, timeout_s, dedup_key, submitted_at, seq)
 ON CONFLICT (job_id) DO NOTHING;
 
 -- name: job_assigned
-UPDATE jobs SET status = 'assigned', agent_id = $2, batch_id = $3, subject_seq = $4, last_seq = $4
-WHERE job_id = $1;
+UPDATE jobs AS j SET status = 'assigned', agent_id = u.agent_id, batch_id = u.batch_id,
+                     subject_seq = u.seq, last_seq = u.seq
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(job_id, agent_id, batch_id, seq)
+WHERE j.job_id = u.job_id;
 
 -- name: job_started
-UPDATE jobs SET status = 'running', attempts = $2, agent_id = $3, batch_id = $4,
-                started_at = coalesce(started_at, $5), subject_seq = $6, last_seq = $6
-WHERE job_id = $1;
+UPDATE jobs AS j SET status = 'running', attempts = u.attempt, agent_id = u.agent_id, batch_id = u.batch_id,
+                     started_at = coalesce(j.started_at, u.at), subject_seq = u.seq, last_seq = u.seq
+FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[])
+    AS u(job_id, attempt, agent_id, batch_id, at, seq)
+WHERE j.job_id = u.job_id;
 
 -- name: job_passed
+-- A result also adds its run to its test's durations.
 WITH done AS (
-    UPDATE jobs SET status = 'passed', flaky = failures > 0, duration_ms = $2, finished_at = $3,
-                    subject_seq = $4, last_seq = $4, log_tail = $5
-    WHERE job_id = $1
-    RETURNING org_id, test, target
+    UPDATE jobs AS j SET status = 'passed', flaky = j.failures > 0, duration_ms = u.ms, finished_at = u.at,
+                         subject_seq = u.seq, last_seq = u.seq, log_tail = u.log_tail
+    FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::bigint[], $5::text[])
+        AS u(job_id, ms, at, seq, log_tail)
+    WHERE j.job_id = u.job_id
+    RETURNING j.org_id, j.test, j.target, u.ms, u.seq
 )
-SELECT record_duration(org_id, test, target, $2::bigint, $4) FROM done;
+INSERT INTO test_durations AS d (org_id, test, target, runs, total_ms, mean_ms, last_ms, last_seq)
+SELECT org_id, test, target, count(*), sum(ms), sum(ms)::double precision / count(*),
+       (array_agg(ms ORDER BY seq DESC))[1], max(seq)
+FROM done GROUP BY org_id, test, target
+ON CONFLICT (org_id, test, target) DO UPDATE SET
+    runs = d.runs + EXCLUDED.runs,
+    total_ms = d.total_ms + EXCLUDED.total_ms,
+    mean_ms = (d.total_ms + EXCLUDED.total_ms)::double precision / (d.runs + EXCLUDED.runs),
+    last_ms = CASE WHEN EXCLUDED.last_seq > d.last_seq THEN EXCLUDED.last_ms ELSE d.last_ms END,
+    last_seq = greatest(d.last_seq, EXCLUDED.last_seq);
 
 -- name: job_failed
 WITH done AS (
-    UPDATE jobs SET status = CASE WHEN $2::boolean THEN 'failed' ELSE 'retrying' END,
-                    failures = failures + 1, duration_ms = $3, error = $4,
-                    finished_at = CASE WHEN $2::boolean THEN $5::timestamptz ELSE NULL END,
-                    subject_seq = $6, last_seq = $6, log_tail = $7
-    WHERE job_id = $1
-    RETURNING org_id, test, target
+    UPDATE jobs AS j SET status = CASE WHEN u.final THEN 'failed' ELSE 'retrying' END,
+                         failures = j.failures + 1, duration_ms = u.ms, error = u.error,
+                         finished_at = CASE WHEN u.final THEN u.at ELSE NULL END,
+                         subject_seq = u.seq, last_seq = u.seq, log_tail = u.log_tail
+    FROM unnest($1::text[], $2::boolean[], $3::bigint[], $4::text[], $5::timestamptz[], $6::bigint[], $7::text[])
+        AS u(job_id, final, ms, error, at, seq, log_tail)
+    WHERE j.job_id = u.job_id
+    RETURNING j.org_id, j.test, j.target, u.ms, u.seq
 )
-SELECT record_duration(org_id, test, target, $3::bigint, $6) FROM done;
+INSERT INTO test_durations AS d (org_id, test, target, runs, total_ms, mean_ms, last_ms, last_seq)
+SELECT org_id, test, target, count(*), sum(ms), sum(ms)::double precision / count(*),
+       (array_agg(ms ORDER BY seq DESC))[1], max(seq)
+FROM done GROUP BY org_id, test, target
+ON CONFLICT (org_id, test, target) DO UPDATE SET
+    runs = d.runs + EXCLUDED.runs,
+    total_ms = d.total_ms + EXCLUDED.total_ms,
+    mean_ms = (d.total_ms + EXCLUDED.total_ms)::double precision / (d.runs + EXCLUDED.runs),
+    last_ms = CASE WHEN EXCLUDED.last_seq > d.last_seq THEN EXCLUDED.last_ms ELSE d.last_ms END,
+    last_seq = greatest(d.last_seq, EXCLUDED.last_seq);
 
 -- name: job_retry_scheduled
-UPDATE jobs SET status = 'retrying', agent_id = NULL, batch_id = NULL, subject_seq = $2, last_seq = $2
-WHERE job_id = $1;
+UPDATE jobs AS j SET status = 'retrying', agent_id = NULL, batch_id = NULL, subject_seq = u.seq, last_seq = u.seq
+FROM unnest($1::text[], $2::bigint[]) AS u(job_id, seq)
+WHERE j.job_id = u.job_id;
 
 -- name: job_requeued
-UPDATE jobs SET status = 'queued', agent_id = NULL, batch_id = NULL, subject_seq = $2, last_seq = $2
-WHERE job_id = $1;
+UPDATE jobs AS j SET status = 'queued', agent_id = NULL, batch_id = NULL, subject_seq = u.seq, last_seq = u.seq
+FROM unnest($1::text[], $2::bigint[]) AS u(job_id, seq)
+WHERE j.job_id = u.job_id;
 
 -- name: job_cancelled
-UPDATE jobs SET status = 'cancelled', finished_at = $2, error = coalesce(error, $3),
-                subject_seq = $4, last_seq = $4
-WHERE job_id = $1;
+UPDATE jobs AS j SET status = 'cancelled', finished_at = u.at, error = coalesce(j.error, u.reason),
+                     subject_seq = u.seq, last_seq = u.seq
+FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[]) AS u(job_id, at, reason, seq)
+WHERE j.job_id = u.job_id;
 
 -- name: job_errored
-UPDATE jobs SET status = 'error', finished_at = $2, error = $3, subject_seq = $4, last_seq = $4
-WHERE job_id = $1;
+UPDATE jobs AS j SET status = 'error', finished_at = u.at, error = u.error, subject_seq = u.seq, last_seq = u.seq
+FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[]) AS u(job_id, at, error, seq)
+WHERE j.job_id = u.job_id;
 
 -- name: batch_assigned
 INSERT INTO batches (batch_id, agent_id, app_version_id, target, job_count, install, assigned_at, last_seq)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::boolean[],
+                     $7::timestamptz[], $8::bigint[])
 ON CONFLICT (batch_id) DO NOTHING;
 
 -- name: agent_batch_assigned
 -- An agent that stopped or was lost stays so: the batch goes back to the queue.
-UPDATE agents SET state = CASE WHEN state IN ('stopped', 'lost') THEN state ELSE 'busy' END,
-                  current_batch = CASE WHEN state IN ('stopped', 'lost') THEN current_batch ELSE $2 END,
-                  updated_at = $3, last_seq = $4
-WHERE agent_id = $1;
+UPDATE agents AS a SET state = CASE WHEN a.state IN ('stopped', 'lost') THEN a.state ELSE 'busy' END,
+                       current_batch = CASE WHEN a.state IN ('stopped', 'lost') THEN a.current_batch
+                                            ELSE u.batch_id END,
+                       updated_at = u.at, last_seq = u.seq
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS u(agent_id, batch_id, at, seq)
+WHERE a.agent_id = u.agent_id;
 
 -- name: app_installed
-UPDATE batches SET installed = true, last_seq = $2 WHERE batch_id = $1;
+UPDATE batches AS b SET installed = true, last_seq = u.seq
+FROM unnest($1::text[], $2::bigint[]) AS u(batch_id, seq)
+WHERE b.batch_id = u.batch_id;
 
 -- name: agent_app_installed
-UPDATE agents SET installed_app = $2, updated_at = $3, last_seq = $4 WHERE agent_id = $1;
+UPDATE agents AS a SET installed_app = u.app_version_id, updated_at = u.at, last_seq = u.seq
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS u(agent_id, app_version_id, at, seq)
+WHERE a.agent_id = u.agent_id;
 
 -- name: batch_finished
-UPDATE batches SET finished_at = $2, last_seq = $3 WHERE batch_id = $1;
+UPDATE batches AS b SET finished_at = u.at, last_seq = u.seq
+FROM unnest($1::text[], $2::timestamptz[], $3::bigint[]) AS u(batch_id, at, seq)
+WHERE b.batch_id = u.batch_id;
 
 -- name: agent_batch_finished
-UPDATE agents SET state = CASE WHEN state = 'busy' THEN 'idle' ELSE state END,
-                  current_batch = NULL, updated_at = $2, last_seq = $3
-WHERE agent_id = $1 AND current_batch = $4;
+UPDATE agents AS a SET state = CASE WHEN a.state = 'busy' THEN 'idle' ELSE a.state END,
+                       current_batch = NULL, updated_at = u.at, last_seq = u.seq
+FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::text[]) AS u(agent_id, at, seq, batch_id)
+WHERE a.agent_id = u.agent_id AND a.current_batch = u.batch_id;
 
 -- name: agent_registered
 INSERT INTO agents (agent_id, target, slots, name, runner, state, registered_at, updated_at, last_seq)
-VALUES ($1, $2, $3, $4, $5, 'idle', $6, $6, $7)
+SELECT agent_id, target, slots, name, runner, 'idle', at, at, seq
+FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::timestamptz[], $7::bigint[])
+    AS u(agent_id, target, slots, name, runner, at, seq)
 ON CONFLICT (agent_id) DO UPDATE SET target = EXCLUDED.target, slots = EXCLUDED.slots,
     name = EXCLUDED.name, runner = EXCLUDED.runner, state = 'idle', current_batch = NULL,
     updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq;
 
 -- name: agent_state
-UPDATE agents SET state = $2, current_batch = NULL, updated_at = $3, last_seq = $4 WHERE agent_id = $1;
+UPDATE agents AS a SET state = u.state, current_batch = NULL, updated_at = u.at, last_seq = u.seq
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS u(agent_id, state, at, seq)
+WHERE a.agent_id = u.agent_id;
 
 -- name: keys_claimed
-INSERT INTO claim_groups (org_id, app_version_id, target, seq, last_seq) VALUES ($1, $2, $3, $4, $4)
+INSERT INTO claim_groups (org_id, app_version_id, target, seq, last_seq)
+SELECT org_id, app_version_id, target, seq, seq
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(org_id, app_version_id, target, seq)
 ON CONFLICT (org_id, app_version_id, target) DO UPDATE SET seq = EXCLUDED.seq, last_seq = EXCLUDED.last_seq;
 
 -- name: token_created
-INSERT INTO tokens (token_id, org_id, admin, sha256, created_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO tokens (token_id, org_id, admin, sha256, created_at, last_seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::text[], $5::timestamptz[], $6::bigint[])
 ON CONFLICT (token_id) DO NOTHING;
 
 -- name: token_by_hash

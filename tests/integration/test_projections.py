@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from eventstore import EventStore
+from eventstore import EventStore, Recorded
 from eventstore.events import (
     AgentRegistered,
     Event,
@@ -30,6 +30,7 @@ from eventstore.events import (
     JobSubmitted,
 )
 from projections import replay
+from projections.apply import apply_many
 from projections.projector import apply_batch, checkpoint
 from projections.schema import migrate, migrations, queries
 from qgjob.settings import Settings
@@ -162,6 +163,76 @@ async def test_migrations_from_zero_match_the_schema(database_url: str) -> None:
             await conn.prepare(sql)  # every named query parses against the schema
     finally:
         await conn.execute('DROP SCHEMA IF EXISTS "mig_a" CASCADE')
+        await conn.close()
+
+
+RECOUNT = """
+SELECT org_id, app_version_id, target, status, count(*) AS n,
+       sum(greatest(attempts - 1, 0)) AS retries, count(*) FILTER (WHERE flaky) AS flaky
+FROM jobs GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+"""
+COUNTS = "SELECT * FROM job_counts WHERE n > 0 ORDER BY 1, 2, 3, 4"  # columns as in RECOUNT
+
+
+async def test_the_set_based_migration_keeps_counts_and_durations(database_url: str) -> None:
+    """Rows written under the per-row trigger and the running mean, then
+    migrated: the counts still match the jobs, through inserts, updates and
+    deletes of many rows at once, and a test's mean is its total over its runs."""
+    conn = await asyncpg.connect(database_url)
+    schema = "mig_b"
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL)")
+        for version, name, sql in migrations():
+            if version < 6:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+        await conn.execute(
+            "INSERT INTO jobs (job_id, org_id, app_version_id, test, target, priority, max_retries, run_id,"
+            " dedup_key, status, attempts, flaky, submitted_at, subject_seq, last_seq)"
+            " SELECT 'job_' || n, 'acme', 'v1', 't/' || (n % 3), 'emulator', 5, 2, 'run-1', 'k' || n,"
+            " (ARRAY['queued', 'running', 'passed'])[n % 3 + 1], n % 3, n % 4 = 0, now(), n, n"
+            " FROM generate_series(1, 30) AS n"
+        )
+        await conn.execute("UPDATE jobs SET status = 'failed', attempts = 3 WHERE job_id IN ('job_1', 'job_2')")
+        await conn.execute(
+            "INSERT INTO test_durations (org_id, test, target, runs, mean_ms, last_ms, last_seq)"
+            " VALUES ('acme', 't/1', 'emulator', 3, 34.0 / 3, 12, 40)"
+        )
+        before = await conn.fetch(COUNTS)
+        assert before == await conn.fetch(RECOUNT)
+
+        assert await migrate(conn, schema) == [6]
+        await conn.execute(f'SET search_path TO "{schema}"')
+        assert await conn.fetch(COUNTS) == before
+        row = await conn.fetchrow("SELECT runs, total_ms, mean_ms FROM test_durations")
+        assert (row["runs"], row["total_ms"], row["mean_ms"]) == (3, 34, 34 / 3)
+
+        at = datetime(2026, 12, 1, tzinfo=UTC)
+        records = [
+            Recorded(seq=100 + n, subject="x", event=e)
+            for n, e in enumerate(
+                [
+                    JobSubmitted(job_id="job_new", org_id="acme", app_version_id="v1", test="t/1", target="emulator",
+                                 run_id="run-1"),
+                    *(JobStarted(job_id=f"job_{n}", batch_id="b", agent_id="a", attempt=2) for n in (3, 6, 9)),
+                    *(JobPassed(job_id=f"job_{n}", batch_id="b", agent_id="a", attempt=2, duration_ms=n)
+                      for n in (3, 6, 9)),
+                    JobCancelled(job_id="job_new", at=at),
+                ]
+            )
+        ]  # fmt: skip
+        async with conn.transaction():
+            await apply_many(conn, records)
+        assert await conn.fetch(COUNTS) == await conn.fetch(RECOUNT)
+        await conn.execute("DELETE FROM jobs WHERE job_id IN ('job_4', 'job_5', 'job_new')")
+        assert await conn.fetch(COUNTS) == await conn.fetch(RECOUNT)
+        row = await conn.fetchrow("SELECT runs, total_ms, mean_ms, last_ms FROM test_durations WHERE test = 't/0'")
+        assert (row["runs"], row["total_ms"], row["mean_ms"], row["last_ms"]) == (3, 18, 6.0, 9)
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
 
 
