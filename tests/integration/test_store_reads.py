@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from eventstore import EventStore
+from nats.aio.msg import Msg
+
+from eventstore import EventStore, Recorded
 from eventstore.events import JobCancelled, JobSubmitted
 
 
@@ -49,3 +51,32 @@ async def test_last_seq_at_cuts_the_stream_at_a_moment(store: EventStore) -> Non
     assert await store.last_seq_at(datetime.now(UTC) + timedelta(hours=1)) == 3
     stored = [rec.time async for rec in store.read()]
     assert stored[1] is not None and await store.last_seq_at(stored[1]) == 2  # "at or before": inclusive
+
+
+async def test_a_delivery_reads_its_sequence_time_and_pending_as_nats_py_does(store: EventStore) -> None:
+    for n in range(3):
+        await store.append(store.subjects.job("v1", "emulator", "acme", f"d{n}"), submitted(f"d{n}", "v1"))
+    got: list[tuple[Recorded, Msg]] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        got.append((store.recorded(msg), msg))
+        if len(got) == 3:
+            done.set()
+
+    sub = await store.js.subscribe(store.subjects.all, cb=on_msg, ordered_consumer=True, stream=store.stream)
+    try:
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await sub.unsubscribe()
+    for rec, msg in got:
+        meta = msg.metadata
+        assert (rec.seq, rec.time, rec.pending) == (meta.sequence.stream, meta.timestamp, meta.num_pending)
+    assert [rec.pending for rec, _ in got] == [2, 1, 0]
+    # the newer ack form, with a domain and an account, goes through nats-py
+    rec, msg = got[0]
+    reply = f"$JS.ACK._.ACCHASH.{store.stream}.c.1.{rec.seq}.1.{rec.stored_ns}.0.abc"
+    again = store.recorded(Msg(store.nc, subject=msg.subject, reply=reply, data=msg.data))
+    assert (again.seq, again.pending) == (rec.seq, 0)
+    assert again.time is not None and rec.time is not None
+    assert abs((again.time - rec.time).total_seconds()) < 1e-5
