@@ -181,7 +181,7 @@ def decision_events(decision: Decision, time_of: Callable[[float], datetime], **
 
 @dataclass(slots=True)
 class Config:
-    max_batch: int = 25
+    max_batch: int = 100
     retry_backoff_s: float = 0.0  # first retry waits about this long, doubling per failure (0: at once)
     retry_backoff_max_s: float = 300.0
     max_requeues: int = 3  # infrastructure requeues of one job before it ends in `error`
