@@ -8,20 +8,26 @@ creation time.
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> two characters
+_SHIFTS = range(120, -1, -10)
 _CHARS = frozenset(_ALPHABET)
 
 
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:
     """A new id such as ``job_01jd3x...``; ``now_ms`` is for tests."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    raw = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + os.urandom(10)
-    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_FROM_RFC4648).decode()}"
+    return f"{prefix}_{_spell(ms, os.urandom(10))}"
+
+
+def _spell(ms: int, rand: bytes) -> str:
+    """The 26 characters of 48 bits of ``ms`` and 80 of ``rand``: base32 of
+    the 128 bits and two zero bits, two characters per lookup."""
+    bits = ((ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(rand, "big")) << 2
+    return "".join([_PAIRS[bits >> shift & 1023] for shift in _SHIFTS])
 
 
 def is_id(value: str, prefix: str) -> bool:

@@ -22,9 +22,12 @@ not events and are not stored.
 
 from __future__ import annotations
 
+import re
 import string
+from functools import lru_cache
 
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_+=@:,/~")
+_PLAIN = re.compile(r"[A-Za-z0-9\-_+=@:,/~]+")  # a value of safe characters only is its own token
 EMPTY_TOKEN = "%"
 _FIELDS = {
     ("job", 4): ("app_version_id", "target", "org_id", "job_id"),
@@ -41,6 +44,13 @@ def _keeps(ch: str) -> bool:
 
 def encode_token(value: str) -> str:
     """Encode ``value`` as one subject token; :func:`decode_token` reverses it."""
+    if _PLAIN.fullmatch(value):
+        return value
+    return _escaped(value)
+
+
+@lru_cache(maxsize=4096)  # builds and targets with dots recur in every subject of their jobs
+def _escaped(value: str) -> str:
     if value == "":
         return EMPTY_TOKEN
     out: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import types
@@ -42,7 +43,7 @@ from eventstore.events import (
     encode_event,
     is_terminal,
 )
-from eventstore.ids import _ALPHABET, is_id, new_id
+from eventstore.ids import _ALPHABET, _spell, is_id, new_id
 
 AT = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
 BATCH_JOBS = [
@@ -328,6 +329,14 @@ def test_new_id_shape() -> None:
     assert len(value) == len("job_") + 26
     assert _URL_SAFE.match(value)
     assert is_id(value, "job")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=0, max_value=2**48 - 1), st.binary(min_size=10, max_size=10))
+def test_an_id_spells_its_bits_in_crockford_base32(ms: int, rand: bytes) -> None:
+    """The same characters as RFC 4648 base32 of the 16 bytes, in this alphabet."""
+    rfc4648 = base64.b32encode(ms.to_bytes(6, "big") + rand)[:26].decode()
+    assert _spell(ms, rand) == rfc4648.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET))
 
 
 def test_ids_sort_by_time() -> None:

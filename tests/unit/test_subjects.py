@@ -40,6 +40,26 @@ def test_encoded_token_is_a_valid_subject_token(value: str) -> None:
     assert_valid_token(encode_token(value))
 
 
+def _escape_each_character(value: str) -> str:
+    """The encoding spelt out one character at a time."""
+    if value == "":
+        return EMPTY_TOKEN
+    safe = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+=@:,/~")
+    return "".join(
+        ch
+        if ch in safe or (ord(ch) > 127 and ch.isprintable() and not ch.isspace())
+        else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        for ch in value
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(), st.from_regex(r"[A-Za-z0-9._~-]{0,12}", fullmatch=True)))
+def test_the_plain_fast_path_and_the_cache_encode_as_each_character_would(value: str) -> None:
+    assert encode_token(value) == _escape_each_character(value)
+    assert encode_token(value) == _escape_each_character(value)  # again, from the cache
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8")))
 def test_roundtrip_any_utf8_text_including_controls(value: str) -> None:
