@@ -28,6 +28,7 @@ from nats.js.api import (
     StreamInfo,
 )
 
+from eventstore.client import Client
 from eventstore.errors import (
     AppendRejected,
     ConcurrencyConflict,
@@ -140,8 +141,9 @@ class EventStore:
         **options: Any,
     ) -> EventStore:
         """Connect to NATS; ``url`` may list several servers of a cluster, comma-separated."""
+        nc = Client()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 [u.strip() for u in url.split(",") if u.strip()],
                 name=name,
                 connect_timeout=connect_timeout,

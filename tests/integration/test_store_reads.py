@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from nats.aio.msg import Msg
 
 from eventstore import EventStore, Recorded
+from eventstore.client import Client
 from eventstore.events import JobCancelled, JobSubmitted
 
 
@@ -69,7 +70,9 @@ async def test_a_delivery_reads_its_sequence_time_and_pending_as_nats_py_does(st
         await asyncio.wait_for(done.wait(), 5)
     finally:
         await sub.unsubscribe()
+    assert type(store.nc) is Client
     for rec, msg in got:
+        assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == rec.event.event_id
         meta = msg.metadata
         assert (rec.seq, rec.time, rec.pending) == (meta.sequence.stream, meta.timestamp, meta.num_pending)
     assert [rec.pending for rec, _ in got] == [2, 1, 0]
