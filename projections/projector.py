@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventstore import EventStore, QgjobError, Recorded
+from eventstore.pull import Pull, PullFailed
 from projections.apply import apply_many
 from projections.metrics import APPLY_SECONDS, EVENTS_APPLIED
 from projections.schema import queries
@@ -91,7 +92,7 @@ class Projector:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _consumer(self) -> Any:
+    async def _consumer(self) -> Pull:
         """(Re)create the durable consumer at the checkpoint.
 
         Postgres holds the truth of what was applied; the consumer is only a
@@ -109,53 +110,58 @@ class Projector:
             max_ack_pending=-1,
             ack_wait=30,
         )
-        sub = await self.store.js.pull_subscribe(
-            self.store.subjects.all, durable=self.durable, stream=self.store.stream, config=config
+        await self.store.js.add_consumer(
+            self.store.stream, config=config, durable_name=self.durable, filter_subject=self.store.subjects.all
         )
         info = await self.store.js.stream_info(self.store.stream)
         self.first_seq = int(info.state.first_seq or 1)
         log.info("projector consuming from %s", self.checkpoint + 1)
-        return sub
+        return await Pull(self.store.nc, self.store.stream, self.durable).start()
 
-    async def _more(self, sub: Any, wanted: int) -> list[Any]:
-        """What else arrives within the linger: a few events more per
-        transaction costs their status a few milliseconds and saves most of
-        the cost of a transaction each."""
-        await asyncio.sleep(self.linger_s)
-        try:
-            return list(await sub.fetch(wanted, timeout=0.001))
-        except (TimeoutError, nats.errors.Error):  # the next fetch meets whatever this was
-            return []
+    async def _fetch(self, pull: Pull) -> list[Msg]:
+        """A batch; if the first fetch comes back short, what else arrives
+        within the linger: a few events more per transaction costs their
+        status a few milliseconds and saves most of the cost of a transaction each."""
+        msgs = await pull.fetch(self.batch, wait=0.5)
+        if msgs and len(msgs) < self.batch and self.linger_s > 0:
+            await asyncio.sleep(self.linger_s)
+            msgs += await pull.fetch(self.batch - len(msgs), wait=0)
+        return msgs
 
     async def run(self) -> None:
-        sub = await self._consumer()
-        while not self._stop.is_set():
-            try:
-                msgs = await sub.fetch(self.batch, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                if self._stop.is_set():
-                    break
-                raise
-            except nats.js.errors.APIError as exc:
-                log.warning("projector fetch failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            if not msgs:  # nats-py returns [] when a pull ends on a status (408/409) message
-                continue
-            if len(msgs) < self.batch and self.linger_s > 0:
-                msgs += await self._more(sub, self.batch - len(msgs))
-            records = [self.store.recorded(m) for m in msgs]
-            try:
-                async with self.pool.acquire() as conn:
-                    with APPLY_SECONDS.time():
-                        self.checkpoint = await apply_batch(conn, records, first_seq=self.first_seq)
-            except ProjectionGap as exc:
-                log.warning("projector rewinds: %s", exc)
-                await sub.unsubscribe()
-                sub = await self._consumer()
-                continue
-            self.applied += len(records)
-            EVENTS_APPLIED.inc(len(records))
-            await msgs[-1].ack()
+        pull = await self._consumer()
+        try:
+            while not self._stop.is_set():
+                try:
+                    msgs = await self._fetch(pull)
+                except nats.errors.ConnectionClosedError:
+                    if self._stop.is_set():
+                        break
+                    raise
+                except (PullFailed, nats.js.errors.APIError) as exc:
+                    log.warning("projector fetch failed, consuming afresh: %s", exc)
+                    await asyncio.sleep(0.5)
+                    await pull.close()
+                    pull = await self._consumer()
+                    continue
+                if msgs:
+                    pull = await self._apply(pull, msgs)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await pull.close()
+
+    async def _apply(self, pull: Pull, msgs: list[Msg]) -> Pull:
+        """Apply and acknowledge a batch; the pull to go on with."""
+        records = [self.store.recorded(m) for m in msgs]
+        try:
+            async with self.pool.acquire() as conn:
+                with APPLY_SECONDS.time():
+                    self.checkpoint = await apply_batch(conn, records, first_seq=self.first_seq)
+        except ProjectionGap as exc:
+            log.warning("projector rewinds: %s", exc)
+            await pull.close()
+            return await self._consumer()
+        self.applied += len(records)
+        EVENTS_APPLIED.inc(len(records))
+        await msgs[-1].ack()
+        return pull
