@@ -28,11 +28,22 @@ def suite_of(test: str) -> str:
     return head if sep else ""
 
 
+TestKey = tuple[str, str, str]  # (org, test, target)
+SuiteKey = tuple[str, str, str, str]  # (org, folder, target, run_id): what a test never seen is estimated by
+
+
+def keys_of(org_id: str, test: str, target: str, run_id: str) -> tuple[TestKey, SuiteKey]:
+    """A job's keys into the estimates, made once per job rather than once per look-up."""
+    return (org_id, test, target), (org_id, suite_of(test), target, run_id)
+
+
 class _Job(Protocol):
     org_id: str
     test: str
     target: str
     run_id: str
+    test_key: TestKey
+    suite_key: SuiteKey
 
 
 @dataclass(slots=True)
@@ -95,15 +106,14 @@ class Estimates:
         """:meth:`test_s` of each job, in order; tests never seen share their
         suite's (or run's, or target's) mean, looked up once per suite."""
         tests = self.tests
-        shared: dict[tuple[str, str, str, str], float] = {}
+        shared: dict[SuiteKey, float] = {}
         out = []
         for j in jobs:
-            known = tests.get((j.org_id, j.test, j.target))
+            known = tests.get(j.test_key)
             if known is None:
-                key = (j.org_id, suite_of(j.test), j.target, j.run_id)
-                known = shared.get(key)
+                known = shared.get(j.suite_key)
                 if known is None:
-                    known = shared[key] = self.test_s(j.org_id, j.test, j.target, j.run_id)
+                    known = shared[j.suite_key] = self.test_s(j.org_id, j.test, j.target, j.run_id)
             out.append(known)
         return out
 

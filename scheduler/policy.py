@@ -43,7 +43,7 @@ from eventstore.events import (
     JobSubmitted,
 )
 from scheduler import selection
-from scheduler.estimates import Estimates
+from scheduler.estimates import Estimates, SuiteKey, TestKey, keys_of
 
 Group = tuple[str, str]  # (app_version_id, target)
 
@@ -76,6 +76,11 @@ class Job:
     retry_pending: bool = False
     run_id: str = ""
     submitted_at: float = 0.0  # seconds, from the JobSubmitted event: waiting jobs age from here
+    test_key: TestKey = field(init=False)
+    suite_key: SuiteKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.test_key, self.suite_key = keys_of(self.org_id, self.test, self.target, self.run_id)
 
     @property
     def group(self) -> Group:
