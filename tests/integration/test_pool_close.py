@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
+
 from projections.schema import close_pool, connect_pool
 
 
@@ -26,3 +28,24 @@ async def test_an_idle_pool_closes_at_once(database_url: str) -> None:
     started = time.monotonic()
     await close_pool(pool, timeout=5.0)
     assert time.monotonic() - started < 1
+
+
+async def test_a_released_connection_runs_no_reset_query_but_an_open_transaction_is_rolled_back(
+    database_url: str,
+) -> None:
+    pool = await connect_pool(database_url, "public", min_size=1, max_size=1)
+    watcher = await asyncpg.connect(database_url)
+    try:
+        pid = await pool.fetchval("SELECT pg_backend_pid()")
+        assert await pool.fetchval("SELECT 42 AS marker") == 42
+        last = await watcher.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        assert last == "SELECT 42 AS marker"  # the last statement is the query's own: no RESET ALL after it
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS left_open (n int)")
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO left_open VALUES (1)")
+        assert await pool.fetchval("SELECT count(*) FROM left_open") == 0
+        assert await pool.fetchval("SHOW search_path") == "public"
+    finally:
+        await watcher.close()
+        await close_pool(pool)
