@@ -197,6 +197,7 @@ class Config:
     split_slowdown: float = 4.0  # ... or one finishing later than this many times its time on the whole target
     spare_gain_installs: float = 4.0  # an idle agent joins a run if that saves this many install times
     urgent_below: int = 5  # runs of a priority below this get every agent that shortens them enough
+    remember_finished: int = 100_000  # ids of the latest finished jobs kept, so a stray event cannot revive one
 
 
 @dataclass(slots=True)
@@ -213,6 +214,8 @@ class State:
     orphans: dict[str, str] = field(default_factory=dict)
     # test and install durations learnt from results, to size batches and splits
     estimates: Estimates = field(default_factory=Estimates)
+    # ids of the latest finished jobs, oldest first: finished jobs leave ``jobs``
+    finished: dict[str, None] = field(default_factory=dict)
 
     # --- helpers ---------------------------------------------------------
 
@@ -227,10 +230,20 @@ class State:
                 del self.waiting[job.group]
 
     def _finish(self, job: Job) -> None:
+        """The job ended: it leaves ``jobs``, so a long-running scheduler holds
+        only unfinished jobs and the ids of the latest ``remember_finished``
+        finished ones. A later event of the job (a late report; a second
+        submission, which the job subject's fence already keeps out of the
+        stream) finds no job and is ignored."""
         self._unwait(job)
         self.needs_retry.discard(job.job_id)  # an ended job gets no retry
+        self.orphans.pop(job.job_id, None)  # ... and no requeue
         job.status = DONE
         self._leave_batch(job)
+        del self.jobs[job.job_id]
+        self.finished[job.job_id] = None
+        if len(self.finished) > self.config.remember_finished:
+            del self.finished[next(iter(self.finished))]
 
     def _leave_batch(self, job: Job) -> None:
         if job.batch_id is None:
@@ -247,7 +260,7 @@ def apply(state: State, seq: int, event: Event) -> None:
         _learn(state, event)
     match event:
         case JobSubmitted():
-            if event.job_id in state.jobs:
+            if event.job_id in state.jobs or event.job_id in state.finished:
                 return
             job = Job(
                 job_id=event.job_id,

@@ -158,20 +158,26 @@ class SchedulerService:
         async with self._lock:
             decisions = policy.decide(self.state, time.time(), lambda: new_id("bat"))
             if decisions:
-                await asyncio.gather(*(self._publish(d) for d in decisions))
+                # subjects now, while every job decided about is in the state: one
+                # that ends while the decisions are on their way leaves it
+                await asyncio.gather(*(self._publish(d, self._subjects(d)) for d in decisions))
 
-    def _job_subject(self, job_id: str) -> str:
-        job = self.state.jobs[job_id]
-        return self.store.subjects.job(job.app_version_id, job.target, job.org_id, job.job_id)
+    def _subjects(self, decision: policy.Decision) -> list[str]:
+        """The subjects of the jobs a decision is about."""
+        job = self.store.subjects.job
+        if isinstance(decision, policy.Assign):
+            return [job(decision.app_version_id, decision.target, j.org_id, j.job_id) for j in decision.jobs]
+        held = self.state.jobs[decision.job_id]
+        return [job(held.app_version_id, held.target, held.org_id, held.job_id)]
 
-    async def _publish(self, decision: policy.Decision) -> None:
+    async def _publish(self, decision: policy.Decision, subjects: list[str]) -> None:
         events = policy.decision_events(decision, lambda t: datetime.fromtimestamp(t, UTC))
         try:
             if isinstance(decision, policy.Assign):
                 batch_subject = self.store.subjects.batch(decision.app_version_id, decision.target, decision.batch_id)
                 appends = [Append(batch_subject, events[0], 0)]
-                for job, event, expected in zip(decision.jobs, events[1:], decision.expected, strict=True):
-                    appends.append(Append(self._job_subject(job.job_id), event, expected))
+                for subject, event, expected in zip(subjects, events[1:], decision.expected, strict=True):
+                    appends.append(Append(subject, event, expected))
                 await self.store.append_many(appends)
                 log.info(
                     "assigned batch %s (%d jobs) to %s",
@@ -182,7 +188,7 @@ class SchedulerService:
                 )
             else:
                 (event,) = events
-                await self.store.append(self._job_subject(decision.job_id), event, expected=decision.expected)
+                await self.store.append(subjects[0], event, expected=decision.expected)
                 log.info("job %s: %s", decision.job_id, type(event).__name__, extra={"job_id": decision.job_id})
         except ConcurrencyConflict as exc:
             log.info("decision overtaken by events, reconsidering: %s", exc)

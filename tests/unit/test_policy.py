@@ -673,7 +673,23 @@ def test_terminal_job_is_never_assigned_again(terminal: str) -> None:
     )
     sim.feed(JobAssigned(job_id="job_0", batch_id="bat_x", agent_id="agt_1"))
     assert sim.decide() == []
-    assert sim.state.jobs["job_0"].status == "done"
+    assert "job_0" not in sim.state.jobs and "job_0" in sim.state.finished  # ended, and remembered
+
+
+def test_finished_jobs_leave_the_state_and_only_the_latest_ids_are_kept() -> None:
+    """A long-running scheduler holds only unfinished jobs, and a bounded
+    memory of which ones finished."""
+    sim = Sim(max_batch=10, batch_s=10_000, remember_finished=3)
+    for n in range(5):
+        sim.submit(f"job_{n}", "v1")
+    sim.register("agt_1", "emulator")
+    (a,) = sim.assigns()
+    for job_id in ids(a)[:4]:
+        sim.pass_job(a, job_id)
+    assert list(sim.state.jobs) == ["job_4"]
+    assert list(sim.state.finished) == ["job_1", "job_2", "job_3"]  # the oldest forgotten first
+    sim.submit("job_3", "v1")  # remembered: a stray submission does not revive it
+    assert list(sim.state.jobs) == ["job_4"]
 
 
 def test_cancelled_while_queued_is_not_assigned() -> None:
@@ -753,7 +769,7 @@ def test_infrastructure_requeues_are_bounded_then_the_job_errors() -> None:
             assert isinstance(decision, GiveUp)
             assert "gave up after 2 infrastructure requeues" in decision.error
         sim.record(decision)
-    assert sim.state.jobs["job_0"].status == "done"
+    assert "job_0" not in sim.state.jobs and "job_0" in sim.state.finished  # ended, and remembered
     assert sim.assigns() == []
 
 
@@ -786,7 +802,7 @@ def test_agent_leaving_with_a_batch_in_flight_requeues_its_unfinished_jobs(leave
     (b,) = sim.assigns()
     assert b.agent_id == "agt_2"
     assert ids(b) == ["job_1", "job_2", "job_3"]
-    assert sim.state.jobs["job_0"].status == "done"
+    assert "job_0" not in sim.state.jobs and "job_0" in sim.state.finished  # ended, and remembered
 
 
 def test_agent_restart_releases_what_it_held() -> None:
@@ -1011,7 +1027,7 @@ def test_every_job_passes_exactly_once(
     submitted = {job_id for job_id, *_ in ((f"job_{n:03d}",) for n in range(len(jobs)))}
     assert set(tr.passed) == submitted
     assert all(count == 1 for count in tr.passed.values())
-    assert all(j.status == "done" for j in sim.state.jobs.values())
+    assert not sim.state.jobs and set(sim.state.finished) == submitted  # every job ended and left the state
     assert tr.installs <= tr.batches
     assert not sim.state.waiting and not sim.state.batches and not sim.state.orphans
 
@@ -1083,8 +1099,10 @@ def test_failures_retries_cancels_and_agent_loss_end_every_job_exactly_once(
             sim.register(a.agent_id, target, sim.state.agents[a.agent_id].slots)
     else:
         pytest.fail("did not finish")
-    for job_id, job in sim.state.jobs.items():
-        assert job.status == "done", (job_id, job.status)
+    submitted = {f"job_{n:03d}" for n in range(len(jobs))}
+    assert not sim.state.jobs, sorted(sim.state.jobs)  # every job ended and left the state
+    assert set(sim.state.finished) == submitted
+    for job_id in submitted:
         assert tr.terminal[job_id] == 1, job_id
         assert tr.passed[job_id] <= 1
     assert not tr.holder
