@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Histogram
 
-from eventstore.events import Event, JobAssigned, JobRequeued, JobStarted
+from eventstore.events import Event, JobAssigned, JobRequeued, JobStarted, is_terminal
 from scheduler.policy import State
 
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
@@ -36,6 +36,8 @@ class Observer:
     def observe(self, state: State, event: Event) -> None:
         if isinstance(event, JobRequeued):
             self._requeued_at[event.job_id] = event.at.timestamp()
+        elif is_terminal(event):
+            self._requeued_at.pop(getattr(event, "job_id", ""), None)  # ended without another assignment
         elif isinstance(event, JobAssigned):
             job = state.jobs.get(event.job_id)
             if job is not None:
