@@ -480,7 +480,7 @@ def test_every_job_ends_once_and_is_never_held_twice(workload: Workload, batch_s
     assert set(world.terminal) == {f"job_{i:06d}" for i in range(len(workload.jobs))}
     assert all(n == 1 for n in world.terminal.values())
     assert not world.holder
-    assert all(j.status == policy.DONE for j in world.state.jobs.values())
+    assert not world.state.jobs and len(world.state.finished) == len(workload.jobs)  # every job ended
     assert world.installs_seen == result.installs <= result.batches
     assert not world.state.waiting and not world.state.batches
 
@@ -490,7 +490,7 @@ def test_every_job_ends_once_and_is_never_held_twice(workload: Workload, batch_s
 def test_better_priority_work_is_never_left_unattended(workload: Workload) -> None:
     world = Observed(workload, policy.Config(aging_s=0)).observe(check_priority=True)
     world.run()
-    assert all(j.status == policy.DONE for j in world.state.jobs.values())
+    assert not world.state.jobs and len(world.state.finished) == len(workload.jobs)  # every job ended
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -525,4 +525,5 @@ def test_one_orgs_flood_does_not_starve_another_orgs_few_jobs(
     batch = 1.5 * config.batch_s + duration
     bound = batch + 2 * (batch + workload.install_seconds["emulator"] + small * duration)
     assert tiny_done - arrives <= bound
-    assert tiny_done < big_done  # fifo would run the whole flood first
+    if flood * duration / agents - arrives > bound:  # the flood outlasts the small run's wait and work
+        assert tiny_done < big_done  # fifo would run the whole flood first
