@@ -18,6 +18,7 @@ Promises kept here (DESIGN.md, "Scheduling promises"):
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -215,7 +216,7 @@ class State:
     # test and install durations learnt from results, to size batches and splits
     estimates: Estimates = field(default_factory=Estimates)
     # ids of the latest finished jobs, oldest first: finished jobs leave ``jobs``
-    finished: dict[str, None] = field(default_factory=dict)
+    finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     # --- helpers ---------------------------------------------------------
 
@@ -243,7 +244,7 @@ class State:
         del self.jobs[job.job_id]
         self.finished[job.job_id] = None
         if len(self.finished) > self.config.remember_finished:
-            del self.finished[next(iter(self.finished))]
+            self.finished.popitem(last=False)  # O(1); a plain dict's first key costs a scan past every one deleted
 
     def _leave_batch(self, job: Job) -> None:
         if job.batch_id is None:
