@@ -45,16 +45,7 @@ WITH done AS (
     WHERE j.job_id = u.job_id
     RETURNING j.org_id, j.test, j.target, u.ms, u.seq
 )
-INSERT INTO test_durations AS d (org_id, test, target, runs, total_ms, mean_ms, last_ms, last_seq)
-SELECT org_id, test, target, count(*), sum(ms), sum(ms)::double precision / count(*),
-       (array_agg(ms ORDER BY seq DESC))[1], max(seq)
-FROM done GROUP BY org_id, test, target
-ON CONFLICT (org_id, test, target) DO UPDATE SET
-    runs = d.runs + EXCLUDED.runs,
-    total_ms = d.total_ms + EXCLUDED.total_ms,
-    mean_ms = (d.total_ms + EXCLUDED.total_ms)::double precision / (d.runs + EXCLUDED.runs),
-    last_ms = CASE WHEN EXCLUDED.last_seq > d.last_seq THEN EXCLUDED.last_ms ELSE d.last_ms END,
-    last_seq = greatest(d.last_seq, EXCLUDED.last_seq);
+SELECT add_runs(array_agg(org_id), array_agg(test), array_agg(target), array_agg(ms), array_agg(seq)) FROM done;
 
 -- name: job_failed
 WITH done AS (
@@ -67,16 +58,7 @@ WITH done AS (
     WHERE j.job_id = u.job_id
     RETURNING j.org_id, j.test, j.target, u.ms, u.seq
 )
-INSERT INTO test_durations AS d (org_id, test, target, runs, total_ms, mean_ms, last_ms, last_seq)
-SELECT org_id, test, target, count(*), sum(ms), sum(ms)::double precision / count(*),
-       (array_agg(ms ORDER BY seq DESC))[1], max(seq)
-FROM done GROUP BY org_id, test, target
-ON CONFLICT (org_id, test, target) DO UPDATE SET
-    runs = d.runs + EXCLUDED.runs,
-    total_ms = d.total_ms + EXCLUDED.total_ms,
-    mean_ms = (d.total_ms + EXCLUDED.total_ms)::double precision / (d.runs + EXCLUDED.runs),
-    last_ms = CASE WHEN EXCLUDED.last_seq > d.last_seq THEN EXCLUDED.last_ms ELSE d.last_ms END,
-    last_seq = greatest(d.last_seq, EXCLUDED.last_seq);
+SELECT add_runs(array_agg(org_id), array_agg(test), array_agg(target), array_agg(ms), array_agg(seq)) FROM done;
 
 -- name: job_retry_scheduled
 UPDATE jobs AS j SET status = 'retrying', agent_id = NULL, batch_id = NULL, subject_seq = u.seq, last_seq = u.seq

@@ -74,3 +74,20 @@ UPDATE test_durations SET total_ms = round(mean_ms * runs);
 ALTER TABLE test_durations ALTER COLUMN total_ms SET NOT NULL;
 UPDATE test_durations SET mean_ms = total_ms::double precision / runs;
 DROP FUNCTION record_duration(text, text, text, bigint, bigint);
+
+-- Runs of tests, an element of each array per run, added to their tests'
+-- totals at once (the results of a wave call it once).
+CREATE FUNCTION add_runs(p_org text[], p_test text[], p_target text[], p_ms bigint[], p_seq bigint[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO test_durations AS d (org_id, test, target, runs, total_ms, mean_ms, last_ms, last_seq)
+    SELECT org_id, test, target, count(*), sum(ms), sum(ms)::double precision / count(*),
+           (array_agg(ms ORDER BY seq DESC))[1], max(seq)
+    FROM unnest(p_org, p_test, p_target, p_ms, p_seq) AS r(org_id, test, target, ms, seq)
+    GROUP BY org_id, test, target
+    ON CONFLICT (org_id, test, target) DO UPDATE SET
+        runs = d.runs + EXCLUDED.runs,
+        total_ms = d.total_ms + EXCLUDED.total_ms,
+        mean_ms = (d.total_ms + EXCLUDED.total_ms)::double precision / (d.runs + EXCLUDED.runs),
+        last_ms = CASE WHEN EXCLUDED.last_seq > d.last_seq THEN EXCLUDED.last_ms ELSE d.last_ms END,
+        last_seq = greatest(d.last_seq, EXCLUDED.last_seq);
+$$;
