@@ -69,13 +69,27 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[int]:
 
 
 async def connect_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, name: str = "qgjob", synchronous: bool = True
+    dsn: str,
+    schema: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    name: str = "qgjob",
+    synchronous: bool = True,
+    generic_plans: bool = False,
 ) -> asyncpg.Pool:
     """A pool whose connections use ``schema`` as their search path.
 
     ``synchronous=False`` lets commits return before the WAL is flushed; the
     projector uses it because everything it writes is derived from the stream
     and its checkpoint rolls back with its rows, so a crash only replays events.
+
+    ``generic_plans=True`` plans each prepared statement once rather than at
+    every execution. For a pool running only index probes whose best plan
+    does not depend on the values (the submitter's dedup query), that saves
+    planning, which is most of such a query's cost; a query whose plan
+    should depend on its values (``$1 IS NULL OR ...`` filters) belongs in a
+    pool without it.
 
     A connection goes back to the pool without asyncpg's reset query
     (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``, advisory unlocks), which is
@@ -88,6 +102,8 @@ async def connect_pool(
     settings = {"search_path": schema, "application_name": name}
     if not synchronous:
         settings["synchronous_commit"] = "off"
+    if generic_plans:
+        settings["plan_cache_mode"] = "force_generic_plan"
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, server_settings=settings, reset=_no_session_state
     )

@@ -607,6 +607,15 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="api: address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="api: port.")] = 8765,
     workers: Annotated[int, typer.Option("--workers", help="api: worker processes sharing the port.")] = 1,
+    org_queue_quota: Annotated[
+        int | None,
+        typer.Option(
+            "--org-queue-quota",
+            min=1,
+            help="api: unfinished jobs one org may hold; a submission past it gets 429 "
+            "[default: $QGJOB_ORG_QUEUE_QUOTA, else 100000].",
+        ),
+    ] = None,
     retry_backoff_seconds: BackoffOpt = 1.0,
     lease_seconds: LeaseOpt = 15.0,
     nats_url: NatsUrlOpt = None,
@@ -625,6 +634,8 @@ def serve(
 
     _configure_logging(log_level, log_format)
     s = settings_mod.load(nats_url=nats_url, database_url=database_url, data_dir_=data_dir)
+    if org_queue_quota is not None:
+        s = s.with_(org_queue_quota=org_queue_quota)
     services: dict[str, Any] = {
         "api": lambda: ApiService(s, host=host, port=port, log_level=log_level),
         "scheduler": lambda: SchedulerRunner(
@@ -641,7 +652,11 @@ def serve(
 
         from qgjob.logs import dict_config
 
-        for key, value in (("QGJOB_NATS_URL", s.nats_url), ("QGJOB_DATABASE_URL", s.database_url)):
+        for key, value in (
+            ("QGJOB_NATS_URL", s.nats_url),
+            ("QGJOB_DATABASE_URL", s.database_url),
+            ("QGJOB_ORG_QUEUE_QUOTA", str(s.org_queue_quota)),
+        ):
             os.environ[key] = value
         uvicorn.run(
             "qgjob.api.app:app_from_environment",

@@ -71,7 +71,7 @@ class Settings:
     schema: str = "qgjob"
     max_jobs_per_request: int = 10_000
     max_body_bytes: int = 1024 * 1024
-    org_queue_quota: int = 100_000
+    org_queue_quota: int = 100_000  # QGJOB_ORG_QUEUE_QUOTA: unfinished jobs an org may hold
     atomic_batch_max: int = 20_000
     stream_replicas: int = 1  # QGJOB_STREAM_REPLICAS: 3 on a three-node NATS cluster
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -115,4 +115,11 @@ def load(
         if not replicas.isdigit() or not 1 <= int(replicas) <= 5:
             raise SettingError(f"QGJOB_STREAM_REPLICAS: {replicas!r} is not allowed; allowed: an integer from 1 to 5")
         values["stream_replicas"] = int(replicas)
+    quota = env.get("QGJOB_ORG_QUEUE_QUOTA")
+    if quota:
+        if not quota.isdigit() or int(quota) < 1:
+            raise SettingError(
+                f"QGJOB_ORG_QUEUE_QUOTA: {quota!r} is not allowed; allowed: a whole number of jobs, at least 1"
+            )
+        values["org_queue_quota"] = int(quota)
     return Settings(**values, sources=sources)

@@ -47,6 +47,7 @@ from qgjob.settings import TARGETS, Settings
 
 log = logging.getLogger(__name__)
 Q = queries()
+QUOTA_REFRESH_S = 1.0  # how old an org's count of unfinished jobs may be before it is counted again
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -63,9 +64,11 @@ class Api:
         self.store: EventStore | None = None
         self.pool: asyncpg.Pool | None = None
         self.submitter: Submitter | None = None
+        self.submit_pool: asyncpg.Pool | None = None
         self.changes: stream.Changes | None = None
         self._principals: dict[str, auth.Principal] = {}
-        self._queued: dict[str, tuple[float, int]] = {}
+        self._queued: dict[str, tuple[float, int]] = {}  # org: (when counted, unfinished jobs)
+        self._recounting: dict[str, asyncio.Task[tuple[float, int]]] = {}
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -79,13 +82,20 @@ class Api:
         self.pool = await connect_pool(s.database_url, s.schema, max_size=20)
         async with self.pool.acquire() as conn:
             await migrate(conn, s.schema)
-        self.submitter = Submitter(self.store, self.pool, atomic_batch_max=s.atomic_batch_max)
+        # The dedup probes on every submission: planned once (see connect_pool).
+        self.submit_pool = await connect_pool(
+            s.database_url, s.schema, max_size=4, name="qgjob-submit", generic_plans=True
+        )
+        self.submitter = Submitter(self.store, self.submit_pool, atomic_batch_max=s.atomic_batch_max)
         self.changes = stream.Changes(s.database_url, s.schema)
         await self.changes.start()
         try:
             yield
         finally:
+            for task in list(self._recounting.values()):
+                task.cancel()
             await self.changes.close()
+            await close_pool(self.submit_pool)
             await close_pool(self.pool)
             await self.store.close()
 
@@ -161,10 +171,15 @@ class Api:
                 "org_id: all jobs of one request must belong to one org",
                 detail=[{"field": "org_id", "message": "all jobs of one request must belong to one org"}],
             )
-        await self._check_quota(next(iter(orgs)), len(jobs))
         if self.submitter is None:
             raise Unavailable()
-        run_id, items = await self.submitter.submit(jobs, idempotency=request.headers.get("idempotency-key"))
+        idempotency = request.headers.get("idempotency-key")
+        try:
+            await self._check_quota(next(iter(orgs)), len(jobs))
+        except QuotaExceeded:
+            # Duplicates and a retried request add nothing: they attach rather than fail.
+            await self._check_quota(next(iter(orgs)), await self.submitter.new_jobs(jobs, idempotency=idempotency))
+        run_id, items = await self.submitter.submit(jobs, idempotency=idempotency)
         self._count_queued(next(iter(orgs)), sum(1 for i in items if i.duplicate_of is None))
         _log_submitted(run_id, items)
         if not bulk:
@@ -204,17 +219,41 @@ class Api:
         return b"".join(chunks)
 
     async def _check_quota(self, org_id: str, adding: int) -> None:
+        """Refuse a submission that would take the org past its quota of unfinished jobs.
+
+        The count comes from the projections and this process's own accepted
+        jobs since. A count older than ``QUOTA_REFRESH_S`` is refreshed in the
+        background while this request goes on with it, so the submit path
+        does not wait on a count (a refresh may miss jobs accepted in the
+        last milliseconds: the quota can be passed by that many). A
+        submission the count would refuse waits for the projections to
+        catch up and counts again, so none is refused on a stale count.
+        """
+        if adding == 0:
+            return
         quota = self.settings.org_queue_quota
-        now = time.monotonic()
         cached = self._queued.get(org_id)
-        if cached is None or now - cached[0] > 1.0:
-            n = await self.db.fetchval(Q["unfinished_count"], org_id)
-            cached = (now, int(n))
-            self._queued[org_id] = cached
+        if cached is None or cached[1] + adding > quota:
+            await self.caught_up()  # the projections hold every job accepted so far
+            cached = await self._recount(org_id)
+        elif time.monotonic() - cached[0] > QUOTA_REFRESH_S and org_id not in self._recounting:
+            task = asyncio.create_task(self._recount(org_id))
+            self._recounting[org_id] = task
+            task.add_done_callback(lambda t: self._recount_done(org_id, t))
         if cached[1] + adding > quota:
             raise QuotaExceeded(
                 f"org {org_id!r} has {cached[1]} unfinished jobs; adding {adding} would pass its quota of {quota}"
             )
+
+    async def _recount(self, org_id: str) -> tuple[float, int]:
+        counted = (time.monotonic(), int(await self.db.fetchval(Q["unfinished_count"], org_id)))
+        self._queued[org_id] = counted
+        return counted
+
+    def _recount_done(self, org_id: str, task: asyncio.Task[tuple[float, int]]) -> None:
+        self._recounting.pop(org_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not count the unfinished jobs of org %s: %s", org_id, task.exception())
 
     def _count_queued(self, org_id: str, added: int) -> None:
         cached = self._queued.get(org_id)

@@ -128,6 +128,20 @@ class Submitter:
             raise Unavailable("too many concurrent submissions of the same tests; retry") from None
         return run_id, items
 
+    async def new_jobs(self, jobs: list[dict[str, Any]], *, idempotency: str | None = None) -> int:
+        """How many jobs submitting ``jobs`` would add now, without adding any:
+        none for a retried request that already has an answer, else those
+        that are not duplicates of unfinished jobs or of each other."""
+        if idempotency is not None:
+            org_id = jobs[0]["org_id"]
+            last = await self.store.last(self.store.subjects.idempotency(org_id, idempotency_key(org_id, idempotency)))
+            if last is not None and isinstance(last.event, SubmissionRecorded):
+                return 0
+        items = [self._item(job) for job in jobs]
+        taken, _ = await self._dedup_state(items)
+        self._mark_duplicates(items, taken)
+        return sum(1 for item in items if item.duplicate_of is None)
+
     @staticmethod
     def _item(job: dict[str, Any]) -> Item:
         key = dedup_key(job["org_id"], job["app_version_id"], job["test"], job["target"])

@@ -1,4 +1,5 @@
-"""Closing a Postgres pool never waits forever on a connection in use."""
+"""Postgres pools: closing never waits forever on a connection in use; what a
+released connection runs; generic plans where asked for."""
 
 from __future__ import annotations
 
@@ -49,3 +50,26 @@ async def test_a_released_connection_runs_no_reset_query_but_an_open_transaction
     finally:
         await watcher.close()
         await close_pool(pool)
+
+
+async def test_a_pool_with_generic_plans_plans_the_dedup_query_once(database_url: str) -> None:
+    """The submitter's pool: its dedup probes reuse one plan; a default pool plans them at every run."""
+    from projections.schema import migrate, queries
+
+    dedup = queries()["dedup_state"]
+    args = (["acme"], ["v1"], ["emulator"], ["key-1", "key-2"])
+    seen = {}
+    for generic in (False, True):
+        pool = await connect_pool(database_url, "plans", max_size=1, generic_plans=generic)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, "plans")
+                for _ in range(8):
+                    assert await conn.fetch(dedup, *args) == []
+                seen[generic] = await conn.fetchrow(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1", dedup
+                )
+        finally:
+            await close_pool(pool)
+    assert seen[True]["custom_plans"] == 0 and seen[True]["generic_plans"] == 8
+    assert seen[False]["custom_plans"] == 8
