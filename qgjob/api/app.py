@@ -233,7 +233,9 @@ class Api:
             return
         quota = self.settings.org_queue_quota
         cached = self._queued.get(org_id)
-        if cached is None or cached[1] + adding > quota:
+        if cached is None:
+            cached = await self._recount(org_id)
+        if cached[1] + adding > quota:
             await self.caught_up()  # the projections hold every job accepted so far
             cached = await self._recount(org_id)
         elif time.monotonic() - cached[0] > QUOTA_REFRESH_S and org_id not in self._recounting:
