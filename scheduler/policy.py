@@ -211,6 +211,8 @@ class State:
     waiting: dict[Group, set[str]] = field(default_factory=dict)
     # failed attempts waiting for their retry to be scheduled
     needs_retry: set[str] = field(default_factory=set)
+    # retries decided but not yet recorded: job id -> when it may run
+    retry_due: dict[str, float] = field(default_factory=dict)
     # jobs held by a batch that ended or an agent that left, to go back to the queue
     orphans: dict[str, str] = field(default_factory=dict)
     # test and install durations learnt from results, to size batches and splits
@@ -238,6 +240,7 @@ class State:
         stream) finds no job and is ignored."""
         self._unwait(job)
         self.needs_retry.discard(job.job_id)  # an ended job gets no retry
+        self.retry_due.pop(job.job_id, None)
         self.orphans.pop(job.job_id, None)  # ... and no requeue
         job.status = DONE
         self._leave_batch(job)
@@ -319,6 +322,7 @@ def apply(state: State, seq: int, event: Event) -> None:
                 return
             job.seq = seq
             state.needs_retry.discard(job.job_id)
+            state.retry_due.pop(job.job_id, None)
             job.status = QUEUED
             job.ready_at = event.not_before.timestamp()
             state._wait(job)
@@ -329,6 +333,7 @@ def apply(state: State, seq: int, event: Event) -> None:
             job.seq = seq
             job.requeues += 1
             state._leave_batch(job)
+            state.retry_due.pop(job.job_id, None)
             job.status = QUEUED
             state._wait(job)
         case BatchAssigned():
@@ -422,7 +427,9 @@ def decide(state: State, now: float, new_id: Callable[[], str]) -> list[Decision
     decisions: list[Decision] = []
     for job_id in sorted(state.needs_retry):
         job = state.jobs[job_id]
-        decisions.append(ScheduleRetry(job_id, job.attempts + 1, now + retry_delay(state.config, job), job.seq))
+        not_before = now + retry_delay(state.config, job)
+        decisions.append(ScheduleRetry(job_id, job.attempts + 1, not_before, job.seq))
+        state.retry_due[job_id] = not_before
     state.needs_retry.clear()
     for job_id, reason in sorted(state.orphans.items()):
         job = state.jobs[job_id]
@@ -476,6 +483,7 @@ def reject(state: State, decision: Decision) -> None:
     """Undo a decision the event store refused (a job moved on meanwhile, or
     the store was unreachable); the next :func:`decide` reconsiders."""
     if isinstance(decision, ScheduleRetry):
+        state.retry_due.pop(decision.job_id, None)
         job = state.jobs.get(decision.job_id)
         if job is not None and job.status == RETRYING:
             state.needs_retry.add(job.job_id)

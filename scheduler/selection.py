@@ -10,7 +10,10 @@ assignments. Per target:
    ``URGENT_AGING`` times slower below the default priority 5 (a nightly
    catches up with pull requests within hours; a pull-request backlog needs a
    working day to overtake releases). Never below 0, so nothing waits
-   forever. FIFO within a class and org.
+   forever. FIFO within a class and org, run by run; within a run, longest
+   estimated job first: a run is done when its last job is, so its long jobs
+   (and a long job's retries) start first and the short ones even out its
+   agents' finish.
 2. **Affinity.** An agent whose build still has waiting work keeps it. It
    leaves only for a group of a better priority that nobody runs, or an urgent
    one (priority below ``urgent_below``) it would shorten enough (rule 4); for
@@ -24,17 +27,23 @@ assignments. Per target:
    split a group that runs late, when the agent shortens it. Late: urgent, if
    the agent shortens it by ``URGENT_GAIN_INSTALLS`` install times (enough
    to pay for its install and the one back to other work: small urgent runs
-   get a few agents, not all); or finishing more than ``split_after_s`` from
-   now (scaled down for priorities below the default), or more than
-   ``split_slowdown`` times what it would take on the whole target. With
-   none of that anywhere, an idle agent joins the run it shortens most if
-   that saves ``spare_gain_installs`` install times.
+   get a few agents, not all; one install less for an agent with no work of
+   its own build, which installs whatever it takes); or finishing more than
+   ``split_after_s`` from now (scaled down for priorities below the default),
+   or more than ``split_slowdown`` times what it would take on the whole
+   target. With none of that anywhere, an idle agent joins the run it
+   shortens most if that saves ``spare_gain_installs`` install times.
    Installs and durations are estimated (:mod:`scheduler.estimates`).
 5. **Batch size.** About ``batch_s`` seconds of estimated work, at most
    ``max_batch`` jobs and at most the agent's even share of what is left of
    the group, so agents come back often to re-decide (priority and fairness
-   act at batch boundaries) and keep their build when they do. Jobs of a
-   later class ride along only while no other group has more urgent work.
+   act at batch boundaries, so more urgent work waits for the batches running
+   when it arrives) and keep their build when they do. Jobs of a later class
+   ride along only while no other group has more urgent work.
+6. **Retries.** An agent with nothing of its build left to run but a retry
+   due sooner than an install would take waits for it rather than installing
+   another build: the retry (of a failed attempt in its own batch, usually) is
+   then its next batch, without an install.
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ class Candidate:
     ranks: list[int]
     estimates: list[float]
     work_s: float  # estimated work of ``jobs``
+    first: int = 0  # submission order of its oldest waiting job
     servers: int = 0  # agent slots running the group now (or given it in this decide)
     inflight_s: float = 0.0  # estimated work left in their batches
 
@@ -108,6 +118,7 @@ class Target:
     candidates: dict[Group, Candidate] = field(default_factory=dict)
     levels: dict[int, int] = field(default_factory=dict)  # priority -> class level now
     held: Counter[str] = field(default_factory=Counter)  # org -> agent slots running its work
+    retries: dict[str, float] = field(default_factory=dict)  # build -> when its next retry not yet ready may run
     slots: int = 0  # live agent slots
 
     def live(self) -> list[Candidate]:
@@ -134,7 +145,11 @@ def plan(state: State, now: float) -> list[Pick]:
         target = targets.get(agent.target)
         if target is None:
             continue
-        pick = _choose(state, target, installed[agent.agent_id])
+        build = installed[agent.agent_id]
+        if build in target.retries and _own(target, build) is None:
+            if target.retries[build] - now < state.estimates.install_s(target.name):
+                continue  # waiting for its build's retry costs less than installing another build
+        pick = _choose(state, target, build)
         if pick is None:
             continue
         jobs = _take(state, target, pick)
@@ -148,10 +163,18 @@ def _targets(state: State, now: float, wanted: set[str]) -> dict[str, Target]:
     est = state.estimates
     ready: dict[Group, list[Job]] = {}
     oldest: dict[tuple[str, int], float] = {}  # (target, priority) -> first submission waiting
+    later: dict[Group, float] = {}  # group -> when its first retry not ready yet may run
+    for job_id, due in state.retry_due.items():  # decided, not yet recorded
+        job = state.jobs.get(job_id)
+        if job is not None and job.target in wanted and due < later.get(job.group, INF):
+            later[job.group] = due
     for group, ids in state.waiting.items():
         if group[1] not in wanted:
             continue
         jobs = [j for j in map(state.jobs.__getitem__, ids) if j.ready_at <= now]
+        if len(jobs) < len(ids):  # retries backing off
+            due = min(j.ready_at for j in map(state.jobs.__getitem__, ids) if j.ready_at > now)
+            later[group] = min(due, later.get(group, INF))
         if not jobs:
             continue
         ready[group] = jobs
@@ -174,20 +197,24 @@ def _targets(state: State, now: float, wanted: set[str]) -> dict[str, Target]:
         target = targets[group[1]]
         rank = ranks[group[1]]
         priorities = {j.priority for j in jobs}
+        jobs.sort(key=_by_order)
+        first = jobs[0].order
+        jobs, estimates = _longest_first(jobs, est.tests_s(jobs), rank, len(priorities) == 1)
         if len(priorities) == 1:
-            jobs.sort(key=_by_order)  # one class: FIFO alone, without a key tuple per job
             job_ranks = [rank[priorities.pop()]] * len(jobs)
         else:
-            jobs.sort(key=lambda j: (rank[j.priority], j.order))
             job_ranks = [rank[j.priority] for j in jobs]
-        estimates = est.tests_s(jobs)
         target.candidates[group] = Candidate(
             group=group,
             jobs=jobs,
             ranks=job_ranks,
             estimates=estimates,
             work_s=sum(estimates),
+            first=first,
         )
+    for (build, name), due in later.items():
+        if name in targets:
+            targets[name].retries[build] = due
     for agent in state.agents.values():
         if agent.alive and agent.target in targets:
             targets[agent.target].slots += agent.slots
@@ -205,6 +232,43 @@ def _targets(state: State, now: float, wanted: set[str]) -> dict[str, Target]:
             cand.servers += 1
             cand.inflight_s += sum(est.tests_s(held))
     return targets
+
+
+def _longest_first(
+    jobs: list[Job], estimates: list[float], rank: dict[int, int], one_class: bool
+) -> tuple[list[Job], list[float]]:
+    """A group's jobs, given in submission order, by class rank, then run by
+    run (the run with the oldest job first), and within a run longest
+    estimated first: a run is done when its last job is, and starting its
+    long jobs (and a long job's retries) first leaves short ones to even out
+    its agents' finish. A job without a run is a run of its own.
+
+    Stable sorts of indices, least significant key first, each keyed by a
+    list's ``__getitem__``: a plan sorts every waiting job, and this keeps
+    that to C loops, without a Python call per job; and none at all in the
+    usual cases (one run of equal estimates, or one job per run).
+    """
+    runs = [j.run_id for j in jobs]
+    distinct = set(runs)
+    several = len(distinct) < len(jobs)  # some run has several jobs waiting
+    by_estimate = several and min(estimates) < max(estimates)
+    by_run = several and (len(distinct) > 1 or "" in distinct)
+    if not (by_estimate or by_run or not one_class):
+        return jobs, estimates
+    idx = list(range(len(jobs)))
+    if by_estimate:
+        longest = [-e for e in estimates]
+        idx.sort(key=longest.__getitem__)
+    if by_run:
+        first: dict[str, int] = {}
+        for n, r in enumerate(runs):
+            first.setdefault(r, n)  # each run's oldest job: its first in submission order
+        run_first = [first[r] if r else n for n, r in enumerate(runs)]
+        idx.sort(key=run_first.__getitem__)
+    if not one_class:
+        ranks = [rank[j.priority] for j in jobs]
+        idx.sort(key=ranks.__getitem__)
+    return [jobs[n] for n in idx], [estimates[n] for n in idx]
 
 
 def _own(target: Target | None, installed: str | None) -> Candidate | None:
@@ -233,14 +297,14 @@ def _choose(state: State, target: Target, installed: str | None) -> Candidate | 
         at_rank = by_rank[rank]
         oldest: dict[str, int] = {}
         for c in at_rank:
-            oldest[c.org] = min(oldest.get(c.org, c.jobs[0].order), c.jobs[0].order)
-        at_rank.sort(key=lambda c: (held[c.org], oldest[c.org], c.jobs[0].order))
+            oldest[c.org] = min(oldest.get(c.org, c.first), c.first)
+        at_rank.sort(key=lambda c: (held[c.org], oldest[c.org], c.first))
         for c in at_rank:
             if own is not None and c.org == own.org and c.rank == own.rank:
                 return own  # the agent's own org's turn: it keeps its build
             if own is not None and not _may_leave(state, target, held, own, c):
                 continue
-            if c.servers == 0 or _late(state, target, c, install_s):
+            if c.servers == 0 or _late(state, target, c, install_s, own is None):
                 return c
     if own is not None:
         return own
@@ -268,8 +332,10 @@ def _may_leave(state: State, target: Target, held: Counter[str], own: Candidate,
     return c.servers == 0 and held[c.org] == 0 and c.rank <= own.rank  # a starved org
 
 
-def _late(state: State, target: Target, c: Candidate, install_s: float) -> bool:
-    """Whether a running group should get one more agent, paying an install."""
+def _late(state: State, target: Target, c: Candidate, install_s: float, idle: bool = False) -> bool:
+    """Whether a running group should get one more agent, paying an install.
+    ``idle``: the agent has no work of its own build, so it installs whatever
+    it takes; only the install back to other work is the urgent run's cost."""
     config = state.config
     finish = c.finish_s()
     if c.finish_s(install_s, 1) >= finish * (1 - MIN_GAIN):
@@ -277,7 +343,8 @@ def _late(state: State, target: Target, c: Candidate, install_s: float) -> bool:
     if c.priority < config.urgent_below:
         # urgent: every agent that saves the run more than its own install
         # and the one it pays when it goes back to other work
-        return finish - c.finish_s(install_s, 1) >= URGENT_GAIN_INSTALLS * install_s
+        gain = URGENT_GAIN_INSTALLS - 1 if idle else URGENT_GAIN_INSTALLS
+        return finish - c.finish_s(install_s, 1) >= gain * install_s
     alone = install_s + max(max(c.estimates), (c.inflight_s + c.work_s) / max(target.slots, 1))
     urgency = min(1.0, (c.priority + 1) / (DEFAULT_PRIORITY + 1))
     return finish > config.split_after_s * urgency or finish + install_s > config.split_slowdown * alone

@@ -79,17 +79,23 @@ class Sim:
         org: str = "acme",
         max_retries: int = 3,
         test: str | None = None,
+        run: str = "run_1",
+        seconds: float | None = None,
     ) -> None:
+        """Submit a job; with ``seconds``, its test is known to take that long."""
+        test = test or f"tests/{job_id}.spec.js"
+        if seconds is not None:
+            self.state.estimates.learn(org, test, target, run, seconds)
         self.feed(
             JobSubmitted(
                 job_id=job_id,
                 org_id=org,
                 app_version_id=app,
-                test=test or f"tests/{job_id}.spec.js",
+                test=test,
                 target=target,
                 priority=priority,
                 max_retries=max_retries,
-                run_id="run_1",
+                run_id=run,
             )
         )
 
@@ -869,6 +875,7 @@ def test_requeued_job_is_not_requeued_twice() -> None:
 
 APPS = ("v1.0.0", "v2 rc", "v3/日本")
 TARGETS = ("emulator", "device")
+SECONDS = (10.0, 60.0, 300.0)  # what a job's test is known to take
 
 
 @dataclass
@@ -885,7 +892,31 @@ class Tracker:
     installs: int = 0
 
 
-def _check_assign(sim: Sim, tr: Tracker, a: Assign, waiting_before: dict[str, tuple[int, int]]) -> None:
+OrderKey = tuple[int, int, float, int]  # priority, the run's oldest waiting job, longest first, submission
+
+
+def _order_keys(sim: Sim) -> dict[str, OrderKey]:
+    """Where each ready job belongs in its group's queue (selection.py, rule 1):
+    by priority, then run by run in arrival order, then longest estimate
+    first, then submission. (No aging here: jobs are submitted after `sim.now`.)"""
+    ready = [j for j in sim.state.jobs.values() if j.status == "queued" and j.ready_at <= sim.now]
+    first: dict[tuple[tuple[str, str], str], int] = {}
+    for j in ready:
+        key = (j.group, j.run_id)
+        first[key] = min(first.get(key, j.order), j.order)
+    est = sim.state.estimates
+    return {
+        j.job_id: (
+            j.priority,
+            first[(j.group, j.run_id)] if j.run_id else j.order,
+            -est.test_s(j.org_id, j.test, j.target, j.run_id),
+            j.order,
+        )
+        for j in ready
+    }
+
+
+def _check_assign(sim: Sim, tr: Tracker, a: Assign, waiting_before: dict[str, OrderKey]) -> None:
     """Invariants of one Assign, in decision order."""
     agent = sim.state.agents[a.agent_id]
     assert a.target == agent.target
@@ -904,11 +935,11 @@ def _check_assign(sim: Sim, tr: Tracker, a: Assign, waiting_before: dict[str, tu
     # left unattended. (No aging here: jobs are submitted after `sim.now`.)
     keys = [waiting_before[j.job_id] for j in a.jobs]
     running = {(b.app_version_id, b.target) for b in tr.in_flight.values()}
-    best = min(p for p, _ in keys)
-    for jid, (p, _) in waiting_before.items():
+    best = min(k[0] for k in keys)
+    for jid, (p, *_) in waiting_before.items():
         if p < best and sim.group_of(jid)[1] == a.target:
             assert sim.group_of(jid) in running, f"{jid} (priority {p}) waits unattended; a priority {best} batch went"
-    # FIFO within the group: in (priority, order) order, nothing skipped ahead
+    # the group's queue order (priority, run arrival, longest first, submission): nothing skipped ahead
     assert keys == sorted(keys)
     rest = [
         k for jid, k in waiting_before.items() if sim.group_of(jid) == group and jid not in {j.job_id for j in a.jobs}
@@ -929,11 +960,7 @@ def _decide_and_record(sim: Sim, tr: Tracker) -> None:
 
 
 def _decide_once(sim: Sim, tr: Tracker) -> int:
-    waiting_before = {
-        j.job_id: (j.priority, j.order)
-        for j in sim.state.jobs.values()
-        if j.status == "queued" and j.ready_at <= sim.now
-    }
+    waiting_before = _order_keys(sim)
     decisions = sim.decide()
     # The service publishes before it reads its own events back; a decide in
     # between (a tick) must not hand out the same work again.
@@ -988,7 +1015,13 @@ def _step(sim: Sim, tr: Tracker, batch_id: str, outcome: str) -> None:
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     jobs=st.lists(
-        st.tuples(st.sampled_from(APPS), st.sampled_from(TARGETS), st.integers(0, 3)),
+        st.tuples(
+            st.sampled_from(APPS),
+            st.sampled_from(TARGETS),
+            st.integers(0, 3),
+            st.integers(0, 2),
+            st.sampled_from(SECONDS),
+        ),
         min_size=1,
         max_size=40,
     ),
@@ -997,7 +1030,7 @@ def _step(sim: Sim, tr: Tracker, batch_id: str, outcome: str) -> None:
     data=st.data(),
 )
 def test_every_job_passes_exactly_once(
-    jobs: list[tuple[str, str, int]], agents: list[tuple[str, int]], max_batch: int, data: st.DataObject
+    jobs: list[tuple[str, str, int, int, float]], agents: list[tuple[str, int]], max_batch: int, data: st.DataObject
 ) -> None:
     sim = Sim(max_batch=max_batch)
     tr = Tracker()
@@ -1013,8 +1046,8 @@ def test_every_job_passes_exactly_once(
         if queue:
             size = waves[wave % len(waves)]
             wave += 1
-            for job_id, app, target, priority in queue[:size]:
-                sim.submit(job_id, app, target, priority)
+            for job_id, app, target, priority, run, seconds in queue[:size]:
+                sim.submit(job_id, app, target, priority, run=f"run_{run}", seconds=seconds)
             del queue[:size]
         _decide_and_record(sim, tr)
         if not tr.in_flight and not queue:
@@ -1035,7 +1068,14 @@ def test_every_job_passes_exactly_once(
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     jobs=st.lists(
-        st.tuples(st.sampled_from(APPS), st.sampled_from(TARGETS), st.integers(0, 3), st.integers(0, 2)),
+        st.tuples(
+            st.sampled_from(APPS),
+            st.sampled_from(TARGETS),
+            st.integers(0, 3),
+            st.integers(0, 2),
+            st.integers(0, 2),
+            st.sampled_from(SECONDS),
+        ),
         min_size=1,
         max_size=25,
     ),
@@ -1044,7 +1084,7 @@ def test_every_job_passes_exactly_once(
     data=st.data(),
 )
 def test_failures_retries_cancels_and_agent_loss_end_every_job_exactly_once(
-    jobs: list[tuple[str, str, int, int]],
+    jobs: list[tuple[str, str, int, int, int, float]],
     extra_agents: list[tuple[str, int]],
     max_batch: int,
     data: st.DataObject,
@@ -1056,8 +1096,8 @@ def test_failures_retries_cancels_and_agent_loss_end_every_job_exactly_once(
     for n, (target, slots) in enumerate(agents):
         sim.register(f"agt_{n}", target, slots)
         alive[f"agt_{n}"] = True
-    for n, (app, target, priority, retries) in enumerate(jobs):
-        sim.submit(f"job_{n:03d}", app, target, priority, max_retries=retries)
+    for n, (app, target, priority, retries, run, seconds) in enumerate(jobs):
+        sim.submit(f"job_{n:03d}", app, target, priority, max_retries=retries, run=f"run_{run}", seconds=seconds)
     restarts = 0
     for _ in range(3000):
         # the scheduler does not necessarily decide after every event
