@@ -45,6 +45,7 @@ INSTALL_PLACEHOLDERS = frozenset({"target", "app_version_id"})
 DEFAULT_KILL_GRACE_S = 3.0
 DEFAULT_MAX_LOG_BYTES = 16 * 1024 * 1024
 _POLL_S = 0.05
+KILLED_WAIT_S = 2.0  # how long stop_group waits for a SIGKILLed group to be gone
 _LAST_LINE_CHARS = 300
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -186,10 +187,16 @@ async def stop_group(proc: asyncio.subprocess.Process, grace_s: float) -> None:
         while (proc.returncode is None or live_members(pgid)) and loop.time() < deadline:
             await asyncio.sleep(_POLL_S)
     finally:
-        if proc.returncode is None or live_members(pgid):
+        killed = proc.returncode is None or bool(live_members(pgid))
+        if killed:
             log.warning("process group %d outlived SIGTERM by %.1f s: sending SIGKILL", pgid, grace_s)
             _signal_group(pgid, signal.SIGKILL)
     await proc.wait()
+    # A process dies of SIGKILL when it next runs, so on a busy machine the
+    # leader's children can outlive its exit by a moment: return once they are gone.
+    deadline = loop.time() + KILLED_WAIT_S
+    while killed and live_members(pgid) and loop.time() < deadline:
+        await asyncio.sleep(_POLL_S)
 
 
 class CommandRunner:
