@@ -1062,7 +1062,7 @@ def test_every_job_passes_exactly_once(
     assert all(count == 1 for count in tr.passed.values())
     assert not sim.state.jobs and set(sim.state.finished) == submitted  # every job ended and left the state
     assert tr.installs <= tr.batches
-    assert not sim.state.waiting and not sim.state.batches and not sim.state.orphans
+    assert not sim.state.waiting and not sim.state.batches and not sim.state.orphans and not sim.state.retry_due
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1089,7 +1089,9 @@ def test_failures_retries_cancels_and_agent_loss_end_every_job_exactly_once(
     max_batch: int,
     data: st.DataObject,
 ) -> None:
-    sim = Sim(max_batch=max_batch)
+    # with a backoff, retries wait in the queue (and agents may wait for them);
+    # a few seconds, so the clock moves by less than one aging step in all
+    sim = Sim(max_batch=max_batch, retry_backoff_s=data.draw(st.sampled_from([0.0, 5.0]), label="backoff"))
     tr = Tracker()
     agents = [("emulator", 1), ("device", 1), *extra_agents]
     alive: dict[str, bool] = {}
@@ -1104,7 +1106,11 @@ def test_failures_retries_cancels_and_agent_loss_end_every_job_exactly_once(
         if not tr.in_flight or data.draw(st.booleans(), label="decide now"):
             _decide_and_record(sim, tr)
             if not tr.in_flight:
-                break
+                backing_off = [j.ready_at for j in sim.state.jobs.values() if j.ready_at > sim.now]
+                if not backing_off:
+                    break
+                sim.now = min(backing_off)  # nothing runs: the clock moves to the next retry
+                continue
         action = data.draw(
             st.sampled_from(["pass", "pass", "fail", "finish_early", "agent_leaves", "cancel"]), label="action"
         )
@@ -1147,6 +1153,7 @@ def test_failures_retries_cancels_and_agent_loss_end_every_job_exactly_once(
         assert tr.passed[job_id] <= 1
     assert not tr.holder
     assert tr.installs <= tr.batches
+    assert not sim.state.retry_due and not sim.state.needs_retry  # no retry left pending
 
 
 def test_retry_backoff_doubles_with_jitter_and_a_cap() -> None:
