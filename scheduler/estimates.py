@@ -20,6 +20,7 @@ from typing import Protocol
 # Weight of the newest attempt in a test's moving average: durations drift
 # slowly (a test grows, a device gets slower), outliers should not dominate.
 NEWEST_WEIGHT = 0.3
+_NO_MEAN = -1.0  # in a look-up cache: a suite without a mean yet (durations are never negative)
 
 
 def suite_of(test: str) -> str:
@@ -29,12 +30,12 @@ def suite_of(test: str) -> str:
 
 
 TestKey = tuple[str, str, str]  # (org, test, target)
-SuiteKey = tuple[str, str, str, str]  # (org, folder, target, run_id): what a test never seen is estimated by
+SuiteKey = tuple[str, str, str]  # (org, folder, target): what a test never seen is estimated by first
 
 
 def keys_of(org_id: str, test: str, target: str, run_id: str) -> tuple[TestKey, SuiteKey]:
     """A job's keys into the estimates, made once per job rather than once per look-up."""
-    return (org_id, test, target), (org_id, suite_of(test), target, run_id)
+    return (org_id, test, target), (org_id, suite_of(test), target)
 
 
 class _Job(Protocol):
@@ -104,18 +105,35 @@ class Estimates:
 
     def tests_s(self, jobs: Iterable[_Job]) -> list[float]:
         """:meth:`test_s` of each job, in order; tests never seen share their
-        suite's (or run's, or target's) mean, looked up once per suite."""
-        tests = self.tests
-        shared: dict[SuiteKey, float] = {}
+        suite's mean, looked up once per suite (jobs submitted one by one are
+        each a run of their own: a suite is what they share), else their
+        run's, else their target's, looked up once per target."""
+        tests, suites, runs = self.tests, self.suites, self.runs
+        by_suite: dict[SuiteKey, float] = {}  # _NO_MEAN: the suite has none yet
+        by_target: dict[str, float] = {}
         out = []
         for j in jobs:
             known = tests.get(j.test_key)
             if known is None:
-                known = shared.get(j.suite_key)
+                known = by_suite.get(j.suite_key)
                 if known is None:
-                    known = shared[j.suite_key] = self.test_s(j.org_id, j.test, j.target, j.run_id)
+                    mean = suites.get(j.suite_key)
+                    known = mean.total / mean.count if mean is not None and mean.count else _NO_MEAN
+                    by_suite[j.suite_key] = known
+                if known == _NO_MEAN:
+                    run = runs.get((j.run_id, j.target))
+                    if run is not None and run.count:
+                        known = run.total / run.count
+                    else:
+                        known = by_target.get(j.target)
+                        if known is None:
+                            known = by_target[j.target] = self._target_s(j.target)
             out.append(known)
         return out
+
+    def _target_s(self, target: str) -> float:
+        mean = self.targets.get(target)
+        return mean.total / mean.count if mean is not None and mean.count else self.default_s
 
     def install_s(self, target: str) -> float:
         """Estimated seconds an install of a build takes on ``target``."""
