@@ -613,7 +613,7 @@ def serve(
             "--org-queue-quota",
             min=1,
             help="api: unfinished jobs one org may hold; a submission past it gets 429 "
-            "[default: $QGJOB_ORG_QUEUE_QUOTA, else 100000].",
+            "(default: $QGJOB_ORG_QUEUE_QUOTA, else 100000).",
         ),
     ] = None,
     retry_backoff_seconds: BackoffOpt = 1.0,
