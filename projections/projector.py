@@ -67,6 +67,10 @@ async def apply_batch(conn: asyncpg.Connection, records: Sequence[Recorded], *, 
     return top
 
 
+RETRY_FIRST_S = 0.5  # the wait before recreating a consumer that failed, doubling ...
+RETRY_MAX_S = 5.0  # ... up to this
+
+
 class Projector:
     """Runs the durable consumer until stopped."""
 
@@ -138,17 +142,32 @@ class Projector:
                     if self._stop.is_set():
                         break
                     raise
-                except (PullFailed, nats.js.errors.APIError) as exc:
+                except (PullFailed, nats.errors.Error) as exc:
                     log.warning("projector fetch failed, consuming afresh: %s", exc)
-                    await asyncio.sleep(0.5)
                     await pull.close()
-                    pull = await self._consumer()
+                    pull = await self._consume_again()
                     continue
                 if msgs:
                     pull = await self._apply(pull, msgs)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await pull.close()
+
+    async def _consume_again(self, delay: float = RETRY_FIRST_S) -> Pull:
+        """Recreate the consumer, retrying while JetStream cannot answer (a
+        cluster electing a new leader after a node died, a server restarting):
+        the projector waits it out rather than exiting."""
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self._consumer()
+            except nats.errors.ConnectionClosedError:
+                raise
+            except nats.errors.Error as exc:
+                if self._stop.is_set():
+                    raise
+                delay = min(max(delay * 2, RETRY_FIRST_S), RETRY_MAX_S)
+                log.warning("projector cannot consume yet, retrying in %.1f s: %s", delay, exc)
 
     async def _apply(self, pull: Pull, msgs: list[Msg]) -> Pull:
         """Apply and acknowledge a batch; the pull to go on with."""
@@ -160,7 +179,7 @@ class Projector:
         except ProjectionGap as exc:
             log.warning("projector rewinds: %s", exc)
             await pull.close()
-            return await self._consumer()
+            return await self._consume_again(delay=0)
         self.applied += len(records)
         EVENTS_APPLIED.inc(len(records))
         await msgs[-1].ack()
