@@ -59,6 +59,10 @@ class _Mean:
         return self.total / self.count if self.count else None
 
 
+def _value(mean: _Mean | None) -> float | None:
+    return None if mean is None else mean.value
+
+
 @dataclass(slots=True)
 class Estimates:
     default_s: float = 60.0
@@ -99,8 +103,9 @@ class Estimates:
             self.runs.get((run_id, target)),
             self.targets.get(target),
         ):
-            if mean is not None and mean.count:
-                return mean.total / mean.count
+            value = _value(mean)
+            if value is not None:
+                return value
         return self.default_s
 
     def tests_s(self, jobs: Iterable[_Job]) -> list[float]:
@@ -117,14 +122,11 @@ class Estimates:
             if known is None:
                 known = by_suite.get(j.suite_key)
                 if known is None:
-                    mean = suites.get(j.suite_key)
-                    known = mean.total / mean.count if mean is not None and mean.count else _NO_MEAN
-                    by_suite[j.suite_key] = known
+                    suite = _value(suites.get(j.suite_key))
+                    known = by_suite[j.suite_key] = _NO_MEAN if suite is None else suite
                 if known == _NO_MEAN:
-                    run = runs.get((j.run_id, j.target))
-                    if run is not None and run.count:
-                        known = run.total / run.count
-                    else:
+                    known = _value(runs.get((j.run_id, j.target)))
+                    if known is None:
                         known = by_target.get(j.target)
                         if known is None:
                             known = by_target[j.target] = self._target_s(j.target)
@@ -132,8 +134,8 @@ class Estimates:
         return out
 
     def _target_s(self, target: str) -> float:
-        mean = self.targets.get(target)
-        return mean.total / mean.count if mean is not None and mean.count else self.default_s
+        value = _value(self.targets.get(target))
+        return self.default_s if value is None else value
 
     def install_s(self, target: str) -> float:
         """Estimated seconds an install of a build takes on ``target``."""

@@ -97,7 +97,7 @@ class Submitter:
             return run_id, [await self._enqueue(self._item(jobs[0]))]
         idem_subject = None
         if idempotency is not None:
-            idem_subject = self.store.subjects.idempotency(org_id, idempotency_key(org_id, idempotency))
+            idem_subject = self._idempotency_subject(org_id, idempotency)
             earlier = await self._earlier_answer(idem_subject, jobs)
             if earlier is not None:
                 return earlier
@@ -134,13 +134,16 @@ class Submitter:
         that are not duplicates of unfinished jobs or of each other."""
         if idempotency is not None:
             org_id = jobs[0]["org_id"]
-            last = await self.store.last(self.store.subjects.idempotency(org_id, idempotency_key(org_id, idempotency)))
+            last = await self.store.last(self._idempotency_subject(org_id, idempotency))
             if last is not None and isinstance(last.event, SubmissionRecorded):
                 return 0
         items = [self._item(job) for job in jobs]
         taken, _ = await self._dedup_state(items)
         self._mark_duplicates(items, taken)
         return sum(1 for item in items if item.duplicate_of is None)
+
+    def _idempotency_subject(self, org_id: str, key: str) -> str:
+        return self.store.subjects.idempotency(org_id, idempotency_key(org_id, key))
 
     @staticmethod
     def _item(job: dict[str, Any]) -> Item:
