@@ -37,6 +37,7 @@ from eventstore.events import (
     ResultRejected,
 )
 from eventstore.logs import LogStore
+from eventstore.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,7 @@ class Agent:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in (listen, watch, beat, checks, stop, *self._checks):
-                task.cancel()
+            await cancel_and_wait(listen, watch, beat, checks, stop, *self._checks)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(nats.errors.Error):

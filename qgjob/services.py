@@ -19,6 +19,7 @@ from agents.agent import Agent
 from agents.runners import Runner
 from eventstore import EventStore
 from eventstore import metrics as store_metrics
+from eventstore.tasks import cancel_and_wait
 from projections.projector import Projector
 from projections.schema import close_pool, connect_pool, migrate
 from qgjob.api.app import create_app
@@ -219,6 +220,4 @@ async def run_until_signalled(services: list[Any], *, on_ready: Callable[[], Awa
         for task in reversed(tasks):
             with suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(task), 10)
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)

@@ -17,6 +17,7 @@ from eventstore.events import (
     AgentRegistered,
 )
 from eventstore.ids import new_id
+from eventstore.tasks import cancel_and_wait
 from scheduler import policy
 from scheduler.leader import Leadership
 from scheduler.metrics import Observer
@@ -68,8 +69,7 @@ class SchedulerService:
             await self._run()
         finally:
             if election is not None:
-                election.cancel()
-                await asyncio.gather(election, return_exceptions=True)
+                await cancel_and_wait(election)
                 await self.leadership.resign()  # type: ignore[union-attr]
             await heartbeats.unsubscribe()
 
@@ -90,9 +90,7 @@ class SchedulerService:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in (consume, tick, stop):
-                task.cancel()
-            await asyncio.gather(consume, tick, stop, return_exceptions=True)
+            await cancel_and_wait(consume, tick, stop)
 
     async def _consume(self) -> None:
         end = await self.store.last_seq()

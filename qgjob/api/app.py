@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from eventstore import ConcurrencyConflict, EventStore, QgjobError
 from eventstore.events import JobAssigned, JobCancelled, JobFailed, JobPassed, JobStarted, is_terminal
 from eventstore.logs import LogStore
+from eventstore.tasks import cancel_and_wait
 from projections import metrics as projection_metrics
 from projections import queries as read
 from projections.projector import checkpoint
@@ -92,8 +93,7 @@ class Api:
         try:
             yield
         finally:
-            for task in list(self._recounting.values()):
-                task.cancel()
+            await cancel_and_wait(*self._recounting.values())
             await self.changes.close()
             await close_pool(self.submit_pool)
             await close_pool(self.pool)

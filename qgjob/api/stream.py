@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from eventstore.tasks import cancel_and_wait
 from projections import queries as read
 from projections.schema import queries
 
@@ -73,9 +74,7 @@ class Changes:
     async def close(self) -> None:
         self.shutdown()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._conn is not None and not self._conn.is_closed():
             await self._conn.close()
 

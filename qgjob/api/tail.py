@@ -17,7 +17,6 @@ as its ``data``, and a ``: keepalive`` comment after 15 s of silence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ import msgspec
 from eventstore import EventStore, Recorded
 from eventstore.events import EVENT_TYPES, JobSubmitted, Unreadable
 from eventstore.subjects import Subjects
+from eventstore.tasks import cancel_and_wait
 from qgjob.api.history import event_view
 
 JOB_TYPES = frozenset(name for name in EVENT_TYPES if name.startswith("Job"))
@@ -136,6 +136,4 @@ async def feed(
                 last_out = loop.time()
                 yield b"".join(out)
     finally:
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
+        await cancel_and_wait(consumer)
