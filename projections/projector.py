@@ -133,7 +133,9 @@ class Projector:
         return msgs
 
     async def run(self) -> None:
-        pull = await self._consumer()
+        pull = await self._consume_again(delay=0)
+        if pull is None:
+            return
         try:
             while not self._stop.is_set():
                 try:
@@ -145,32 +147,40 @@ class Projector:
                 except (PullFailed, nats.errors.Error) as exc:
                     log.warning("projector fetch failed, consuming afresh: %s", exc)
                     await pull.close()
-                    pull = await self._consume_again()
+                    again = await self._consume_again()
+                    if again is None:
+                        break
+                    pull = again
                     continue
                 if msgs:
-                    pull = await self._apply(pull, msgs)
+                    again = await self._apply(pull, msgs)
+                    if again is None:
+                        break
+                    pull = again
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await pull.close()
 
-    async def _consume_again(self, delay: float = RETRY_FIRST_S) -> Pull:
-        """Recreate the consumer, retrying while JetStream cannot answer (a
-        cluster electing a new leader after a node died, a server restarting):
-        the projector waits it out rather than exiting."""
+    async def _consume_again(self, delay: float = RETRY_FIRST_S) -> Pull | None:
+        """(Re)create the consumer, retrying while JetStream cannot answer (a
+        cluster electing a new leader after a node died or still electing its
+        first, a server restarting): the projector waits it out rather than
+        exiting. ``None`` once the projector is stopped."""
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return None
             try:
                 return await self._consumer()
             except nats.errors.ConnectionClosedError:
                 raise
             except nats.errors.Error as exc:
-                if self._stop.is_set():
-                    raise
                 delay = min(max(delay * 2, RETRY_FIRST_S), RETRY_MAX_S)
                 log.warning("projector cannot consume yet, retrying in %.1f s: %s", delay, exc)
 
-    async def _apply(self, pull: Pull, msgs: list[Msg]) -> Pull:
-        """Apply and acknowledge a batch; the pull to go on with."""
+    async def _apply(self, pull: Pull, msgs: list[Msg]) -> Pull | None:
+        """Apply and acknowledge a batch; the pull to go on with (``None``: stopped)."""
         records = [self.store.recorded(m) for m in msgs]
         try:
             async with self.pool.acquire() as conn:

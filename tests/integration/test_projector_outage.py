@@ -5,6 +5,8 @@ same to it (its pull refused, then no answer from JetStream for a while)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from eventstore import EventStore, QgjobError
 from eventstore.events import JobSubmitted
 from eventstore.ids import new_id
+from projections.projector import Projector
 from projections.schema import connect_pool
 from qgjob.services import ProjectorService
 from qgjob.settings import Settings
@@ -83,3 +86,45 @@ async def test_the_projector_waits_out_a_nats_restart(database_url: str, names: 
             await conn.execute(f'DROP SCHEMA IF EXISTS "{names["schema"]}" CASCADE')
         await pool.close()
         server.stop()
+
+
+async def test_the_projector_waits_for_a_stream_that_is_not_there_yet(
+    settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started before anything created the stream (JetStream refuses its
+    consumer), the projector retries instead of exiting, and stops promptly
+    while it waits."""
+    store = await EventStore.connect(settings.nats_url, stream=settings.stream, prefix=settings.prefix)
+    projector = Projector(store, pool, durable=f"projector_{settings.schema}")
+    task = asyncio.create_task(projector.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="projections.projector"):
+            await asyncio.sleep(1.2)  # the first attempt and a retry fail
+        assert not task.done(), f"the projector stopped: {task.exception() if not task.cancelled() else 'cancelled'}"
+        assert "projector cannot consume yet" in caplog.text
+
+        await store.ensure_stream()
+        await _projected(pool, await _append_job(store), task)
+    finally:
+        projector.stop()
+        await asyncio.wait_for(task, 10)
+        with contextlib.suppress(Exception):
+            await store.js.delete_stream(settings.stream)
+        await store.close()
+
+
+async def test_a_projector_stopped_while_it_waits_for_jetstream_ends_at_once(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    store = await EventStore.connect(settings.nats_url, stream=settings.stream, prefix=settings.prefix)
+    projector = Projector(store, pool, durable=f"projector_{settings.schema}")
+    task = asyncio.create_task(projector.run())
+    try:
+        await asyncio.sleep(2.0)  # backing off: 0.5, 1, 2 s
+        assert not task.done()
+        started = time.monotonic()
+        projector.stop()
+        await asyncio.wait_for(task, 10)
+        assert time.monotonic() - started < 0.5, "the stop waited out the backoff"
+    finally:
+        await store.close()
