@@ -33,7 +33,7 @@ TestKey = tuple[str, str, str]  # (org, test, target)
 SuiteKey = tuple[str, str, str]  # (org, folder, target): what a test never seen is estimated by first
 
 
-def keys_of(org_id: str, test: str, target: str, run_id: str) -> tuple[TestKey, SuiteKey]:
+def keys_of(org_id: str, test: str, target: str) -> tuple[TestKey, SuiteKey]:
     """A job's keys into the estimates, made once per job rather than once per look-up."""
     return (org_id, test, target), (org_id, suite_of(test), target)
 

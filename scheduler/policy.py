@@ -81,7 +81,7 @@ class Job:
     suite_key: SuiteKey = field(init=False)
 
     def __post_init__(self) -> None:
-        self.test_key, self.suite_key = keys_of(self.org_id, self.test, self.target, self.run_id)
+        self.test_key, self.suite_key = keys_of(self.org_id, self.test, self.target)
 
     @property
     def group(self) -> Group:

@@ -352,7 +352,7 @@ def test_estimates_of_many_jobs_at_once_equal_one_at_a_time(learnt, asked) -> No
     class J:
         def __init__(self, org_id: str, test: str, target: str, run_id: str) -> None:
             self.org_id, self.test, self.target, self.run_id = org_id, test, target, run_id
-            self.test_key, self.suite_key = keys_of(org_id, test, target, run_id)
+            self.test_key, self.suite_key = keys_of(org_id, test, target)
 
     jobs = [J(*a) for a in asked]
     assert est.tests_s(jobs) == [est.test_s(j.org_id, j.test, j.target, j.run_id) for j in jobs]
