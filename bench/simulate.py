@@ -10,6 +10,10 @@ Aims on ci-day (fifo's figures from ``../shared/workloads/README.md``): installs
 fifo's for priority 1 and <= 0.8 x for priority 5; fairness <= 1.5. On the
 other workloads: better than fifo.
 
+Then, per workload, the trade an operator makes with the scheduler's
+``--install-value`` (``policy.Config.install_value_s``): installs against run
+latency, at a few settings, beside fifo.
+
 Usage: python bench/simulate.py [--write-workloads] [WORKLOAD.json ...]
 """
 
@@ -23,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table, write_json
+from scheduler.policy import Config
 from scheduler.simulate import POLICIES, Report, Workload, decode_workload, encode_workload, simulate
 from scheduler.workloads import SHAPES, generate
 
@@ -100,6 +105,34 @@ def _rows(reports: dict[str, Report], aims: dict[str, str], elapsed: float) -> l
     return rows
 
 
+INSTALL_VALUES = (0.0, 120.0, 270.0, 400.0)  # seconds; 0 is the default
+
+
+def _trade_off(workload: Workload, fifo: Report) -> tuple[str, list[dict[str, object]]]:
+    """qgjob at each of ``INSTALL_VALUES``, and fifo: installs against latency."""
+    priorities = sorted(fifo.latency)
+    header = ("install value", "installs", *(f"p50 prio {p}" for p in priorities), "fairness", "makespan / lb")
+    lines: list[tuple[str, ...]] = []
+    records: list[dict[str, object]] = []
+    for value in INSTALL_VALUES:
+        r = simulate(workload, "qgjob", Config(install_value_s=value))
+        records.append({"install_value_s": value, **r.as_dict()})
+        lines.append(_trade_row(f"{value:,.0f} s", r, priorities))
+    lines.append(_trade_row("fifo", fifo, priorities))
+    widths = [max(len(row[i]) for row in (header, *lines)) for i in range(len(header))]
+    text = [f"{workload.name}: --install-value, installs against run latency"]
+    for row in (header, *lines):
+        text.append(
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
+    return "\n".join(text), records
+
+
+def _trade_row(label: str, r: Report, priorities: list[int]) -> tuple[str, ...]:
+    latency = (f"{r.latency[p].p50_s:,.0f} s" if p in r.latency else "-" for p in priorities)
+    return (label, f"{r.installs:,}", *latency, f"{r.fairness:.2f}", f"{r.makespan_ratio:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workloads", nargs="*", type=Path, help="default: ci-day and bench/workloads/*.json")
@@ -126,11 +159,14 @@ def main() -> None:
             f"lower bound {q.lower_bound_s:,.0f} s"
         )
         print(table(title, _rows(reports, _aims(workload, reports["fifo"]), elapsed)))
+        trade, records = _trade_off(workload, reports["fifo"])
+        print(f"\n{trade}")
         results[workload.name] = {
             "path": str(path),
             "qgjob_seconds": round(elapsed, 3),
             "aims": _aims(workload, reports["fifo"]),
             **{name: r.as_dict() for name, r in reports.items()},
+            "install_value": records,
         }
     out = write_json("simulate", {"workloads": results})
     print(f"\nwrote {out}")

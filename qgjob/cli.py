@@ -44,6 +44,15 @@ NatsUrlOpt = Annotated[str | None, typer.Option("--nats-url", help="Else $QGJOB_
 DatabaseUrlOpt = Annotated[
     str | None, typer.Option("--database-url", help="Else $QGJOB_DATABASE_URL, else the credentials file.")
 ]
+InstallValueOpt = Annotated[
+    float,
+    typer.Option(
+        "--install-value",
+        min=0.0,
+        help="Seconds of a run's latency one install is worth, where more than its duration (less for "
+        "urgent priorities): higher saves installs, lower saves time. 0: an install costs its duration.",
+    ),
+]
 TARGET_HELP = "emulator, device or browserstack"
 
 
@@ -618,6 +627,7 @@ def serve(
     ] = None,
     retry_backoff_seconds: BackoffOpt = 1.0,
     lease_seconds: LeaseOpt = 15.0,
+    install_value: InstallValueOpt = 0.0,
     nats_url: NatsUrlOpt = None,
     database_url: DatabaseUrlOpt = None,
     data_dir: DataDirOpt = None,
@@ -639,7 +649,9 @@ def serve(
     services: dict[str, Any] = {
         "api": lambda: ApiService(s, host=host, port=port, log_level=log_level),
         "scheduler": lambda: SchedulerRunner(
-            s, policy.Config(retry_backoff_s=retry_backoff_seconds), lease_s=lease_seconds
+            s,
+            policy.Config(retry_backoff_s=retry_backoff_seconds, install_value_s=install_value),
+            lease_s=lease_seconds,
         ),
         "projector": lambda: ProjectorService(s),
     }
@@ -806,13 +818,17 @@ def simulate(
         list[str] | None,
         typer.Option("--policy", help="qgjob, fifo or per-job-install; repeat for several (default: all)."),
     ] = None,
+    install_value: InstallValueOpt = 0.0,
     json_: JsonOpt = False,
 ) -> None:
     """Run a workload through the scheduler in virtual time: installs, makespan, run latency, fairness."""
     from qgjob import simulation
+    from scheduler.policy import Config
 
     try:
-        reports = simulation.run(workload, tuple(policy) if policy else simulation.POLICIES)
+        reports = simulation.run(
+            workload, tuple(policy) if policy else simulation.POLICIES, Config(install_value_s=install_value)
+        )
     except simulation.WorkloadError as exc:
         _fail(str(exc), EXIT_USAGE)
     if json_:

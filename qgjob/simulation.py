@@ -6,6 +6,7 @@ from pathlib import Path
 
 import msgspec
 
+from scheduler.policy import Config
 from scheduler.simulate import POLICIES, Report, decode_workload, simulate
 
 
@@ -13,8 +14,9 @@ class WorkloadError(ValueError):
     """The workload file cannot be read or is not a workload."""
 
 
-def run(path: Path, policies: tuple[str, ...] = POLICIES) -> list[Report]:
-    """Simulate the workload at ``path`` under each policy, in order."""
+def run(path: Path, policies: tuple[str, ...] = POLICIES, config: Config | None = None) -> list[Report]:
+    """Simulate the workload at ``path`` under each policy, in order
+    (``qgjob`` with ``config``, else the scheduler's defaults)."""
     for name in policies:
         if name not in POLICIES:
             raise WorkloadError(f"--policy: {name!r} is not one of {', '.join(POLICIES)}")
@@ -24,7 +26,7 @@ def run(path: Path, policies: tuple[str, ...] = POLICIES) -> list[Report]:
         raise WorkloadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise WorkloadError(f"{path} is not a workload: {exc}") from exc
-    return [simulate(workload, name) for name in policies]
+    return [simulate(workload, name, config) for name in policies]
 
 
 def as_json(reports: list[Report]) -> dict[str, object]:

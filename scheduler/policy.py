@@ -198,6 +198,9 @@ class Config:
     split_slowdown: float = 4.0  # ... or one finishing later than this many times its time on the whole target
     spare_gain_installs: float = 4.0  # an idle agent joins a run if that saves this many install times
     urgent_below: int = 5  # runs of a priority below this get every agent that shortens them enough
+    # what placement counts one install as, at the default priority, if more than its duration
+    # (less for urgent priorities); 0: its duration. Where installs cost more than time: sessions, wear, flakes
+    install_value_s: float = 0.0
     remember_finished: int = 100_000  # ids of the latest finished jobs kept, so a stray event cannot revive one
 
 

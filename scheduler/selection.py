@@ -33,7 +33,11 @@ assignments. Per target:
    or more than ``split_slowdown`` times what it would take on the whole
    target. With none of that anywhere, an idle agent joins the run it
    shortens most if that saves ``spare_gain_installs`` install times.
-   Installs and durations are estimated (:mod:`scheduler.estimates`).
+   Installs and durations are estimated (:mod:`scheduler.estimates`); these
+   rules count an install as its estimated duration, or ``install_value_s``
+   (in proportion less below the default priority) where that is more, for
+   farms where an install costs more than its time: a BrowserStack session, a
+   device's wear, one more chance of a flaky install.
 5. **Batch size.** About ``batch_s`` seconds of estimated work, at most
    ``max_batch`` jobs and at most the agent's even share of what is left of
    the group, so agents come back often to re-decide (priority and fairness
@@ -54,7 +58,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from scheduler.policy import Agent, Group, Job, State
+    from scheduler.policy import Agent, Config, Group, Job, State
 
 DEFAULT_PRIORITY = 5  # the job model's default; priorities below it are urgent
 AGING_MARGIN = 2  # levels a class must have aged past an agent's own class to take it away
@@ -313,9 +317,9 @@ def _choose(state: State, target: Target, installed: str | None) -> Candidate | 
         best: Candidate | None = None
         best_gain = 0.0
         for c in by_rank[rank]:
-            cost = 0.0 if c.group[0] == installed else install_s
+            cost = 0.0 if c.group[0] == installed else _install_cost(state.config, install_s, c.priority)
             gain = c.finish_s() - c.finish_s(cost, 1)
-            needed = 0.0 if cost == 0.0 else state.config.spare_gain_installs * install_s
+            needed = state.config.spare_gain_installs * cost
             if gain > best_gain and gain > MIN_GAIN * c.finish_s() and gain >= needed:
                 best, best_gain = c, gain
         if best is not None:
@@ -337,6 +341,7 @@ def _late(state: State, target: Target, c: Candidate, install_s: float, idle: bo
     ``idle``: the agent has no work of its own build, so it installs whatever
     it takes; only the install back to other work is the urgent run's cost."""
     config = state.config
+    install_s = _install_cost(config, install_s, c.priority)
     finish = c.finish_s()
     if c.finish_s(install_s, 1) >= finish * (1 - MIN_GAIN):
         return False  # the agent would not shorten it
@@ -346,8 +351,20 @@ def _late(state: State, target: Target, c: Candidate, install_s: float, idle: bo
         gain = URGENT_GAIN_INSTALLS - 1 if idle else URGENT_GAIN_INSTALLS
         return finish - c.finish_s(install_s, 1) >= gain * install_s
     alone = install_s + max(max(c.estimates), (c.inflight_s + c.work_s) / max(target.slots, 1))
-    urgency = min(1.0, (c.priority + 1) / (DEFAULT_PRIORITY + 1))
-    return finish > config.split_after_s * urgency or finish + install_s > config.split_slowdown * alone
+    return finish > config.split_after_s * _urgency(c.priority) or finish + install_s > config.split_slowdown * alone
+
+
+def _urgency(priority: int) -> float:
+    """How much of a default-priority run's patience a run of ``priority``
+    has: 1 at the default priority and after, less before it."""
+    return min(1.0, (priority + 1) / (DEFAULT_PRIORITY + 1))
+
+
+def _install_cost(config: Config, install_s: float, priority: int) -> float:
+    """What placing an agent on a run of ``priority`` counts one install as:
+    its estimated duration, or ``config.install_value_s`` scaled by urgency
+    where that is more."""
+    return max(install_s, config.install_value_s * _urgency(priority))
 
 
 def _take(state: State, target: Target, c: Candidate) -> list[Job]:

@@ -489,6 +489,23 @@ def test_urgent_run_gets_the_agents_that_pay_for_their_install() -> None:
         assert sum(len(a.jobs) for a in assigns) <= jobs
 
 
+@pytest.mark.parametrize("priority", [1, 5])
+def test_an_install_value_keeps_agents_off_runs_they_shorten_too_little(priority: int) -> None:
+    """Valued at its duration an install is worth paying for a second agent
+    on a 40-job run (urgent or idle capacity); valued at an hour, it is not:
+    one agent runs the whole group."""
+    agents = {}
+    for value in (0.0, 3600.0):
+        sim = Sim(install_value_s=value)
+        for i in range(40):
+            sim.submit(f"job_{i}", "v1", priority=priority)
+        for k in range(4):
+            sim.register(f"agt_{k}")
+        agents[value] = len(sim.assigns())
+    assert agents[0.0] > 1
+    assert agents[3600.0] == 1
+
+
 # --- no double assignment, reject -----------------------------------------------------
 
 

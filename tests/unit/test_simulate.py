@@ -110,6 +110,21 @@ def test_qgjob_on_ci_day_meets_the_latency_and_fairness_aims(ci_day: dict[str, R
     assert qgjob.makespan_s <= fifo.makespan_s
 
 
+def test_an_install_value_trades_ci_day_latency_for_installs(ci_day: dict[str, Report]) -> None:
+    """Valuing an install at 270 s, ci-day fits the installs aim (0.35 x
+    fifo's 406) while keeping the priority-5 and fairness aims; valued
+    higher still, installs fall further and latency is what pays."""
+    workload = decode_workload(CI_DAY.read_bytes())
+    valued = simulate(workload, "qgjob", policy.Config(install_value_s=270))
+    assert valued.installs <= 0.35 * 406 < ci_day["qgjob"].installs
+    assert valued.latency[5].p50_s <= 0.8 * 4427
+    assert valued.fairness <= 1.5
+    assert valued.latency[1].p50_s < ci_day["fifo"].latency[1].p50_s
+    dear = simulate(workload, "qgjob", policy.Config(install_value_s=400))
+    assert dear.installs < valued.installs
+    assert dear.all_runs.mean_s > valued.all_runs.mean_s
+
+
 def test_the_makespan_aim_of_1_08_is_out_of_reach_on_ci_day(ci_day: dict[str, Report]) -> None:
     """Work cannot start before it is submitted: browserstack gets 19,400 s of
     work for 3 agents in the last 6,300 s of submissions, so no schedule
@@ -297,6 +312,13 @@ def test_cli_simulate_prints_a_table_or_one_json_document(tmp_path: Path) -> Non
     assert list(doc["results"]) == ["fifo"]
     assert doc["results"]["fifo"]["installs"] == 2
     assert doc["results"]["fifo"]["latency"]["5"]["runs"] == 1
+    result = runner.invoke(app, ["simulate", str(path), "--policy", "qgjob", "--install-value", "10000", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["results"]["qgjob"]["installs"] == 1  # no second agent is worth it
+    result = runner.invoke(app, ["simulate", str(path), "--policy", "qgjob", "--json"])
+    assert json.loads(result.output)["results"]["qgjob"]["installs"] == 2
+    result = runner.invoke(app, ["simulate", str(path), "--install-value", "-1"])
+    assert result.exit_code == 2 and "--install-value" in result.output
     assert runner.invoke(app, ["simulate", str(tmp_path / "missing.json")]).exit_code == 2
     assert runner.invoke(app, ["simulate", str(path), "--policy", "lifo"]).exit_code == 2
 
