@@ -114,6 +114,12 @@ def _raise_for(error: dict[str, Any], subject: str | None) -> None:
 RETRY_FOR_S = 15.0  # how long a single append is retried while no server answers
 
 
+async def _connection_error(exc: Exception) -> None:
+    """nats-py's report of a failed (re)connect or a protocol error: one line,
+    not the traceback its default logs for every attempt."""
+    log.warning("NATS connection: %s", exc or type(exc).__name__)
+
+
 class EventStore:
     """The event store over one JetStream stream."""
 
@@ -140,20 +146,27 @@ class EventStore:
         replicas: int = 1,
         **options: Any,
     ) -> EventStore:
-        """Connect to NATS; ``url`` may list several servers of a cluster, comma-separated."""
+        """Connect to NATS; ``url`` may list several servers of a cluster, comma-separated.
+
+        The first connection tries each server twice, 0.5 s apart, then
+        raises :class:`EventStoreUnavailable` (the caller decides whether to
+        wait: the services do, see ``qgjob.services.open_store``); once
+        connected, the client reconnects for as long as it lives."""
         nc = Client()
         try:
             await nc.connect(
                 [u.strip() for u in url.split(",") if u.strip()],
                 name=name,
                 connect_timeout=connect_timeout,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
+                error_cb=_connection_error,
                 **options,
             )
         except (OSError, nats.errors.Error) as exc:
-            raise EventStoreUnavailable(f"cannot reach NATS at {url}: {exc}") from exc
+            raise EventStoreUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+        nc.options["max_reconnect_attempts"] = -1
         return cls(nc, stream=stream, prefix=prefix, replicas=replicas)
 
     async def close(self) -> None:

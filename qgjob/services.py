@@ -17,12 +17,12 @@ import uvicorn
 
 from agents.agent import Agent
 from agents.runners import Runner
-from eventstore import EventStore
 from eventstore import metrics as store_metrics
 from eventstore.tasks import cancel_and_wait
 from projections.projector import Projector
-from projections.schema import close_pool, connect_pool, migrate
+from projections.schema import close_pool, migrate
 from qgjob.api.app import create_app
+from qgjob.readiness import open_pool, open_store
 from qgjob.settings import Settings
 from scheduler import policy
 from scheduler.leader import Leadership
@@ -46,14 +46,6 @@ class Service(Protocol):
     async def run(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-async def open_store(settings: Settings, name: str) -> EventStore:
-    store = await EventStore.connect(
-        settings.nats_url, stream=settings.stream, prefix=settings.prefix, name=name, replicas=settings.stream_replicas
-    )
-    await store.ensure_stream()
-    return store
 
 
 class ApiService:
@@ -94,26 +86,30 @@ class ProjectorService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.projector: Projector | None = None
-        self._stopped = False
+        self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        store = await open_store(self.settings, "qgjob-projector")
-        pool = await connect_pool(
-            self.settings.database_url, self.settings.schema, max_size=2, name="qgjob-projector", synchronous=False
-        )
+        store = await open_store(self.settings, "qgjob-projector", self._stop)
+        if store is None:
+            return
         try:
-            async with pool.acquire() as conn:
-                await migrate(conn, self.settings.schema)
-            self.projector = Projector(store, pool, durable=f"projector_{self.settings.schema}")
-            if self._stopped:
+            pool = await open_pool(self.settings, self._stop, max_size=2, name="qgjob-projector", synchronous=False)
+            if pool is None:
                 return
-            await self.projector.run()
+            try:
+                async with pool.acquire() as conn:
+                    await migrate(conn, self.settings.schema)
+                self.projector = Projector(store, pool, durable=f"projector_{self.settings.schema}")
+                if self._stop.is_set():
+                    return
+                await self.projector.run()
+            finally:
+                await close_pool(pool)
         finally:
-            await close_pool(pool)
             await store.close()
 
     def stop(self) -> None:
-        self._stopped = True
+        self._stop.set()
         if self.projector is not None:
             self.projector.stop()
 
@@ -127,20 +123,22 @@ class SchedulerRunner:
         self.config = config or policy.Config(retry_backoff_s=DEFAULT_RETRY_BACKOFF_S)
         self.lease_s = lease_s
         self.service: SchedulerService | None = None
-        self._stopped = False
+        self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        store = await open_store(self.settings, "qgjob-scheduler")
+        store = await open_store(self.settings, "qgjob-scheduler", self._stop)
+        if store is None:
+            return
         try:
             self.service = SchedulerService(store, self.config, lease_s=self.lease_s, leadership=Leadership(store))
-            if self._stopped:
+            if self._stop.is_set():
                 return
             await self.service.run()
         finally:
             await store.close()
 
     def stop(self) -> None:
-        self._stopped = True
+        self._stop.set()
         if self.service is not None:
             self.service.stop()
 
@@ -156,10 +154,12 @@ class AgentRunner:
         self.runner = runner
         self.slots = slots
         self.agent: Agent | None = None
-        self._stopped = False
+        self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        store = await open_store(self.settings, f"qgjob-agent-{self.agent_id}")
+        store = await open_store(self.settings, f"qgjob-agent-{self.agent_id}", self._stop)
+        if store is None:
+            return
         try:
             self.agent = Agent(
                 store,
@@ -169,14 +169,14 @@ class AgentRunner:
                 slots=self.slots,
                 lease_s=self.lease_s,
             )
-            if self._stopped:
+            if self._stop.is_set():
                 return
             await self.agent.run()
         finally:
             await store.close()
 
     def stop(self) -> None:
-        self._stopped = True
+        self._stop.set()
         if self.agent is not None:
             self.agent.stop()
 

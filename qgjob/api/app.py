@@ -28,7 +28,7 @@ from eventstore.tasks import cancel_and_wait
 from projections import metrics as projection_metrics
 from projections import queries as read
 from projections.projector import checkpoint
-from projections.schema import close_pool, connect_pool, migrate, queries
+from projections.schema import close_pool, migrate, queries
 from qgjob.api import auth, history, stream, tail
 from qgjob.api.errors import (
     ApiError,
@@ -44,12 +44,18 @@ from qgjob.api.errors import (
 from qgjob.api.openapi import document
 from qgjob.api.submit import Item, Submitter
 from qgjob.api.validation import parse_jobs
+from qgjob.readiness import open_pool, open_store
 from qgjob.settings import TARGETS, Settings
 
 log = logging.getLogger(__name__)
 Q = queries()
 QUOTA_REFRESH_S = 1.0  # how old an org's count of unfinished jobs may be before it is counted again
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _log_connect_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the API could not connect and answers 503: %s", task.exception())
 
 
 class _Json(JSONResponse):
@@ -75,29 +81,59 @@ class Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        s = self.settings
-        self.store = await EventStore.connect(
-            s.nats_url, stream=s.stream, prefix=s.prefix, name="qgjob-api", replicas=s.stream_replicas
-        )
-        await self.store.ensure_stream()
-        self.pool = await connect_pool(s.database_url, s.schema, max_size=20)
-        async with self.pool.acquire() as conn:
-            await migrate(conn, s.schema)
-        # The dedup probes on every submission: planned once (see connect_pool).
-        self.submit_pool = await connect_pool(
-            s.database_url, s.schema, max_size=4, name="qgjob-submit", generic_plans=True
-        )
-        self.submitter = Submitter(self.store, self.submit_pool, atomic_batch_max=s.atomic_batch_max)
-        self.changes = stream.Changes(s.database_url, s.schema)
-        await self.changes.start()
+        """Connect, then serve. With NATS and Postgres up, the API serves once
+        it is connected; started before them, it serves at once, answering
+        503 (``/readyz`` says what it waits for) until they are up."""
+        stop = asyncio.Event()
+        waiting = asyncio.Event()
+        connecting = asyncio.create_task(self._connect(stop, waiting.set), name="api-connect")
+        waited = asyncio.create_task(waiting.wait())
+        await asyncio.wait({connecting, waited}, return_when=asyncio.FIRST_COMPLETED)
+        waited.cancel()
+        if connecting.done():
+            connecting.result()  # a refusal no wait would cure fails the start
+        else:
+            log.warning("the API answers 503 until NATS and Postgres are ready")
+            connecting.add_done_callback(_log_connect_failure)
         try:
             yield
         finally:
-            await cancel_and_wait(*self._recounting.values())
-            await self.changes.close()
-            await close_pool(self.submit_pool)
-            await close_pool(self.pool)
-            await self.store.close()
+            stop.set()
+            await cancel_and_wait(connecting, *self._recounting.values())
+            if self.changes is not None:
+                await self.changes.close()
+            for pool in (self.submit_pool, self.pool):
+                if pool is not None:
+                    await close_pool(pool)
+            if self.store is not None:
+                await self.store.close()
+
+    async def _connect(self, stop: asyncio.Event, waiting: Callable[[], object]) -> None:
+        """Open the API's connections, waiting for each server that is not up
+        yet. Each is published once usable, so a request sees either it or 503."""
+        s = self.settings
+        self.store = await open_store(s, "qgjob-api", stop, waiting)
+        if self.store is None:
+            return
+        pool = await open_pool(s, stop, waiting, max_size=20)
+        if pool is None:
+            return
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, s.schema)
+        except BaseException:
+            await close_pool(pool)
+            raise
+        self.pool = pool
+        # The dedup probes on every submission: planned once (see connect_pool).
+        self.submit_pool = await open_pool(s, stop, waiting, max_size=4, name="qgjob-submit", generic_plans=True)
+        if self.submit_pool is None:
+            return
+        changes = stream.Changes(s.database_url, s.schema)
+        await changes.start()
+        self.changes = changes
+        self.submitter = Submitter(self.store, self.submit_pool, atomic_batch_max=s.atomic_batch_max)
+        log.info("the API is connected to NATS and Postgres")
 
     @property
     def db(self) -> asyncpg.Pool:

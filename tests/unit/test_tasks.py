@@ -1,10 +1,15 @@
-"""cancel_and_wait stops a loop whose first cancel was lost."""
+"""cancel_and_wait stops a loop whose first cancel was lost; until_ready
+waits out what is not up yet, and no longer than a stop."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
-from eventstore.tasks import cancel_and_wait
+import pytest
+
+from eventstore.tasks import cancel_and_wait, until_ready
 
 
 async def _request_loop(replies: asyncio.Queue[asyncio.Future[str]], rounds: list[str]) -> None:
@@ -78,3 +83,47 @@ async def test_cancel_and_wait_retrieves_what_the_tasks_raised() -> None:
     await cancel_and_wait(failed, finished)  # neither raises here nor is left unretrieved
     assert failed.done() and finished.done()
     assert isinstance(failed.exception(), RuntimeError)
+
+
+class NotUp(Exception):
+    pass
+
+
+async def test_until_ready_tries_again_with_doubling_waits_until_it_works() -> None:
+    tries: list[float] = []
+    waits: list[int] = []
+
+    async def attempt() -> str:
+        tries.append(time.monotonic())
+        if len(tries) < 4:
+            raise NotUp("not yet")
+        return "up"
+
+    got = await until_ready(
+        "it", attempt, asyncio.Event(), lambda e: isinstance(e, NotUp), waiting=lambda: waits.append(1), first_s=0.02
+    )
+    assert got == "up" and len(tries) == 4 and len(waits) == 3
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert gaps[0] >= 0.02 and gaps[1] >= 0.04 and gaps[2] >= 0.08
+
+
+async def test_until_ready_raises_what_waiting_would_not_cure() -> None:
+    async def attempt() -> str:
+        raise ValueError("a wrong password")
+
+    with pytest.raises(ValueError, match="wrong password"):
+        await until_ready("it", attempt, asyncio.Event(), lambda e: isinstance(e, NotUp))
+
+
+async def test_until_ready_ends_its_wait_when_stopped() -> None:
+    stop = asyncio.Event()
+
+    async def attempt() -> str:
+        raise NotUp("never")
+
+    task = asyncio.create_task(until_ready("it", attempt, stop, lambda e: isinstance(e, NotUp), first_s=30))
+    await asyncio.sleep(0.05)  # in its first 30 s wait
+    started = time.monotonic()
+    stop.set()
+    assert await asyncio.wait_for(task, 2) is None
+    assert time.monotonic() - started < 1
