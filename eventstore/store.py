@@ -150,7 +150,7 @@ class EventStore:
 
         The first connection tries each server twice, 0.5 s apart, then
         raises :class:`EventStoreUnavailable` (the caller decides whether to
-        wait: the services do, see ``qgjob.services.open_store``); once
+        wait: the services do, see ``qgjob.readiness.open_store``); once
         connected, the client reconnects for as long as it lives."""
         nc = Client()
         try:

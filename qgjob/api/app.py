@@ -88,16 +88,17 @@ class Api:
         waiting = asyncio.Event()
         connecting = asyncio.create_task(self._connect(stop, waiting.set), name="api-connect")
         waited = asyncio.create_task(waiting.wait())
-        await asyncio.wait({connecting, waited}, return_when=asyncio.FIRST_COMPLETED)
-        waited.cancel()
-        if connecting.done():
-            connecting.result()  # a refusal no wait would cure fails the start
-        else:
-            log.warning("the API answers 503 until NATS and Postgres are ready")
-            connecting.add_done_callback(_log_connect_failure)
         try:
+            await asyncio.wait({connecting, waited}, return_when=asyncio.FIRST_COMPLETED)
+            waited.cancel()
+            if connecting.done():
+                connecting.result()  # a refusal no wait would cure fails the start
+            else:
+                log.warning("the API answers 503 until NATS and Postgres are ready")
+                connecting.add_done_callback(_log_connect_failure)
             yield
         finally:
+            waited.cancel()
             stop.set()
             await cancel_and_wait(connecting, *self._recounting.values())
             if self.changes is not None:
