@@ -570,6 +570,7 @@ def up(
     ] = None,
     retry_backoff_seconds: BackoffOpt = 1.0,
     lease_seconds: LeaseOpt = 15.0,
+    install_value: InstallValueOpt = 0.0,
     log_level: LogLevelOpt = "warning",
     log_format: LogFormatOpt = "text",
 ) -> None:
@@ -591,6 +592,7 @@ def up(
             orgs=tuple(org_id or ()),
             lease_s=lease_seconds,
             retry_backoff_s=retry_backoff_seconds,
+            install_value_s=install_value,
         )
     except QgjobError as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)

@@ -51,6 +51,7 @@ class StackOptions:
     orgs: tuple[str, ...] = ()
     lease_s: float = 15.0
     retry_backoff_s: float = 1.0
+    install_value_s: float = 0.0
 
 
 def _port_free(port: int) -> bool:
@@ -186,7 +187,11 @@ class EmbeddedStack:
         out: list[Any] = [
             ProjectorService(self.settings),
             SchedulerRunner(
-                self.settings, policy.Config(retry_backoff_s=self.options.retry_backoff_s), lease_s=self.options.lease_s
+                self.settings,
+                policy.Config(
+                    retry_backoff_s=self.options.retry_backoff_s, install_value_s=self.options.install_value_s
+                ),
+                lease_s=self.options.lease_s,
             ),
             ApiService(self.settings, port=port),
         ]

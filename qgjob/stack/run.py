@@ -24,6 +24,7 @@ def up(
     orgs: tuple[str, ...] = (),
     lease_s: float = 15.0,
     retry_backoff_s: float = 1.0,
+    install_value_s: float = 0.0,
 ) -> int:
     stack = EmbeddedStack(
         data_dir,
@@ -36,6 +37,7 @@ def up(
             orgs=orgs,
             lease_s=lease_s,
             retry_backoff_s=retry_backoff_s,
+            install_value_s=install_value_s,
         ),
     )
     stack.lock()

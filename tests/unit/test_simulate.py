@@ -323,6 +323,14 @@ def test_cli_simulate_prints_a_table_or_one_json_document(tmp_path: Path) -> Non
     assert runner.invoke(app, ["simulate", str(path), "--policy", "lifo"]).exit_code == 2
 
 
+def test_cli_serve_up_and_simulate_take_an_install_value_and_refuse_a_negative_one() -> None:
+    runner = CliRunner()
+    for command in ("serve", "up", "simulate"):
+        assert "--install-value" in runner.invoke(app, [command, "--help"]).output, command
+    result = runner.invoke(app, ["serve", "scheduler", "--install-value", "-5"])
+    assert result.exit_code == 2 and "--install-value" in result.output
+
+
 # --- estimates ------------------------------------------------------------------------------------
 
 
